@@ -1,0 +1,58 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := true
+export FEAST_USAGE := False
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install install-dev run test lint format mlflow-ui serve bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[benchmarks]"
+	@touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,benchmarks]"
+	@touch $@
+
+venv: $(BIN)/python ## create the virtual environment (.venv)
+
+install: $(STAMP) ## install the project and its runtime dependencies
+
+install-dev: $(DEV_STAMP) ## install with the dev extras (pytest, ruff, nbclient)
+
+run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
+	$(BIN)/engage run
+
+test: $(DEV_STAMP) ## fresh machine -> passing test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(DEV_STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(DEV_STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+mlflow-ui: $(STAMP) ## browse runs and the model registry on 127.0.0.1:5000
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db
+
+serve: $(STAMP) ## start the prediction service on 127.0.0.1
+	$(BIN)/engage serve
+
+clean: ## remove generated data (keeps the virtual environment)
+	rm -rf data mlruns/mlflow.db mlruns/[0-9]* mlruns/models
