@@ -23,7 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Params
-from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP, FeatureSpec, feature_specs
+from features.catalog import (
+    CREATED,
+    ENTITY_KEY,
+    SNAPSHOT_TIME,
+    TIMESTAMP,
+    FeatureSpec,
+    feature_specs,
+    type_stats_sql,
+)
 
 TABLE_DIR = "customer_features"
 _DAY_US = 86_400_000_000
@@ -67,16 +75,19 @@ def snapshot_times(
     return sorted(times)
 
 
-def build_sql(specs: Sequence[FeatureSpec]) -> str:
+def build_sql(specs: Sequence[FeatureSpec], type_stats: str) -> str:
     """The per-snapshot query; parameter ``$as_of_us`` is the as-of time in epoch µs.
 
     It reads the temporary tables ``ev`` (cid, event_type, value, ts) and ``cust`` (cid,
     customer_id, first_seen_us) prepared by :class:`FeatureBuilder`.
     """
-    aggs = ",\n    ".join(f"{s.sql} AS {s.name}" for s in specs if s.name != "tenure_days")
+    special = ("tenure_days", SNAPSHOT_TIME)
+    aggs = ",\n    ".join(f"{s.sql} AS {s.name}" for s in specs if s.name not in special)
     cols = []
     for s in specs:
-        if s.name == "tenure_days":
+        if s.name == SNAPSHOT_TIME:
+            cols.append(f"($as_of_us / 1e6)::DOUBLE AS {SNAPSHOT_TIME}")
+        elif s.name == "tenure_days":
             cols.append(
                 "(($as_of_us - least(c.first_seen_us, coalesce(a.first_ts, c.first_seen_us)))"
                 f" / {_DAY_US}::DOUBLE) AS tenure_days"
@@ -88,14 +99,18 @@ def build_sql(specs: Sequence[FeatureSpec]) -> str:
         else:
             cols.append(f"a.{s.name}::DOUBLE AS {s.name}")
     return f"""
-WITH agg AS (
-  SELECT cid, min(ts) AS first_ts,
-    {aggs}
+WITH pt AS (
+  SELECT cid, event_type,
+    {type_stats}
   FROM (
     SELECT cid, event_type, value, ts, ($as_of_us - ts) / {_DAY_US}::DOUBLE AS age
     FROM ev WHERE ts < $as_of_us
   )
-  GROUP BY cid
+  GROUP BY cid, event_type
+), agg AS (
+  SELECT cid, min(min_ts) AS first_ts,
+    {aggs}
+  FROM pt GROUP BY cid
 )
 SELECT c.customer_id AS {ENTITY_KEY},
   make_timestamptz($as_of_us) AS {TIMESTAMP},
@@ -134,7 +149,7 @@ class FeatureBuilder:
 
     def __post_init__(self) -> None:
         self.specs = feature_specs(self.params)
-        self.sql = build_sql(self.specs)
+        self.sql = build_sql(self.specs, type_stats_sql(self.params))
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute(f"SET memory_limit = '{self.memory_limit}'")

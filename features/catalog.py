@@ -27,6 +27,9 @@ VIEWS = {
 }
 
 ENTITY_KEY = "customer_id"
+# Served with the features but never a model input: when the snapshot was taken (epoch
+# seconds). Training checks it against each row's as-of time; serving flags stale rows.
+SNAPSHOT_TIME = "snapshot_epoch_s"
 TIMESTAMP = "event_timestamp"
 CREATED = "created_timestamp"
 
@@ -40,7 +43,7 @@ class FeatureSpec:
         view: the Feast feature view it belongs to.
         dtype: ``int`` (counts, flags; 0 when nothing happened) or ``float`` (may be null).
         description: plain-language meaning, shown in Feast and in explanations.
-        sql: DuckDB aggregate expression over ``ev`` (columns event_type, value, age).
+        sql: DuckDB aggregate over the per-type statistics (see :func:`type_stats_sql`).
         zero: the value of a customer with no event at all is 0 (counts, sums), not null.
 
     """
@@ -57,8 +60,54 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _count(t: str, cond: str = "TRUE") -> str:
-    return f"count(*) FILTER (WHERE event_type = {_q(t)} AND {cond})"
+def stat_windows(params: Params) -> list[int]:
+    """Every window (days) a per-type count or sum is needed for."""
+    fp = params.features
+    d = fp.trend_days
+    return sorted({*fp.windows_days, *fp.rfm_windows_days, d, 2 * d})
+
+
+def type_stats_sql(params: Params) -> str:
+    """Stage 1: per customer and event type, the few statistics every feature is made of.
+
+    Grouping by (customer, type) first and pivoting afterwards evaluates a handful of
+    filtered aggregates per event instead of one per feature (~10x faster).
+    """
+    parts = [
+        "count(*) AS n_all",
+        "sum(value) AS s_all",
+        "avg(value) AS avg_value",
+        "min(age) AS min_age",
+        "max(age) AS max_age",
+        "min(ts) AS min_ts",
+        # Ties on age are broken by the larger value, so the result is deterministic.
+        "arg_min(value, (age, -value)) AS last_value",
+    ]
+    for w in stat_windows(params):
+        parts.append(f"count(*) FILTER (WHERE age <= {w}) AS n_{w}")
+        parts.append(f"sum(value) FILTER (WHERE age <= {w}) AS s_{w}")
+    return ",\n    ".join(parts)
+
+
+def _of(stat: str, t: str) -> str:
+    # Stage 2 has at most one row per (customer, type): max() just picks it.
+    return f"max({stat}) FILTER (WHERE event_type = {_q(t)})"
+
+
+def _n(t: str, w: int | None = None) -> str:
+    return f"coalesce({_of('n_all' if w is None else f'n_{w}', t)}, 0)"
+
+
+def _s(t: str, w: int | None = None) -> str:
+    return f"coalesce({_of('s_all' if w is None else f's_{w}', t)}, 0)"
+
+
+def _n_in(types: str, w: int) -> str:
+    return f"coalesce(sum(n_{w}) FILTER (WHERE event_type IN ({types})), 0)"
+
+
+def _gap(t: str) -> str:
+    return f"({_of('max_age', t)} - {_of('min_age', t)}) / nullif({_n(t)} - 1, 0)"
 
 
 def _trend(a: str, b: str) -> str:
@@ -67,11 +116,18 @@ def _trend(a: str, b: str) -> str:
 
 
 def feature_specs(params: Params) -> list[FeatureSpec]:
-    """All features for the event vocabulary, windows and rates in ``params``."""
+    """All features for the event vocabulary, windows and rates in ``params``.
+
+    Each ``sql`` is a stage-2 aggregate over the per-type statistics of
+    :func:`type_stats_sql` (one row per customer and event type).
+    """
     fp, conv = params.features, params.data.conversion_event
     active = [t for t in params.data.event_types if t not in fp.passive_event_types]
     active_in = ", ".join(_q(t) for t in active) or "NULL"
     specs: list[FeatureSpec] = [
+        FeatureSpec(
+            SNAPSHOT_TIME, RFM, "float", "as-of time of the snapshot (epoch seconds)", "NULL"
+        ),
         FeatureSpec(
             "tenure_days",
             RFM,
@@ -84,62 +140,46 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             RFM,
             "int",
             f"1 if the contact made a {conv} before the as-of time (right half of the index)",
-            f"CAST({_count(conv)} > 0 AS INTEGER)",
+            f"CAST({_n(conv)} > 0 AS INTEGER)",
         ),
         FeatureSpec(
             "days_since_last_purchase",
             RFM,
             "float",
             f"days since the last {conv}",
-            f"min(age) FILTER (WHERE event_type = {_q(conv)})",
+            _of("min_age", conv),
         ),
         FeatureSpec(
             "days_since_first_purchase",
             RFM,
             "float",
             f"days since the first {conv}",
-            f"max(age) FILTER (WHERE event_type = {_q(conv)})",
+            _of("max_age", conv),
         ),
-        FeatureSpec("purchases_total", RFM, "int", f"number of {conv} events ever", _count(conv)),
+        FeatureSpec("purchases_total", RFM, "int", f"number of {conv} events ever", _n(conv)),
         FeatureSpec(
-            "revenue_total",
-            RFM,
-            "float",
-            f"sum of {conv} amounts ever",
-            f"coalesce(sum(value) FILTER (WHERE event_type = {_q(conv)}), 0)",
-            zero=True,
+            "revenue_total", RFM, "float", f"sum of {conv} amounts ever", _s(conv), zero=True
         ),
-        FeatureSpec(
-            "avg_order_value",
-            RFM,
-            "float",
-            f"mean {conv} amount",
-            f"avg(value) FILTER (WHERE event_type = {_q(conv)})",
-        ),
+        FeatureSpec("avg_order_value", RFM, "float", f"mean {conv} amount", _of("avg_value", conv)),
         FeatureSpec(
             "mean_days_between_purchases",
             RFM,
             "float",
             f"mean days between two {conv} events",
-            f"(max(age) FILTER (WHERE event_type = {_q(conv)}) - min(age) FILTER "
-            f"(WHERE event_type = {_q(conv)})) / nullif({_count(conv)} - 1, 0)",
+            _gap(conv),
         ),
         FeatureSpec(
             "days_since_last_event",
             RFM,
             "float",
             "days since the contact last did anything (sent e-mails excluded)",
-            f"min(age) FILTER (WHERE event_type IN ({active_in}))",
+            f"min(min_age) FILTER (WHERE event_type IN ({active_in}))",
         ),
     ]
     for w in fp.rfm_windows_days:
         specs.append(
             FeatureSpec(
-                f"purchases_{w}d",
-                RFM,
-                "int",
-                f"{conv} events in the last {w} days",
-                _count(conv, f"age <= {w}"),
+                f"purchases_{w}d", RFM, "int", f"{conv} events in the last {w} days", _n(conv, w)
             )
         )
         specs.append(
@@ -148,7 +188,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 RFM,
                 "float",
                 f"{conv} amounts in the last {w} days",
-                f"coalesce(sum(value) FILTER (WHERE event_type = {_q(conv)} AND age <= {w}), 0)",
+                _s(conv, w),
                 zero=True,
             )
         )
@@ -163,7 +203,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                     ACTIVITY,
                     "int",
                     f"{label} events in the last {w} days",
-                    _count(t, f"age <= {w}"),
+                    _n(t, w),
                 )
             )
             if t in fp.value_sum_types:
@@ -173,8 +213,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                         ACTIVITY,
                         "float",
                         f"sum of {label} values in the last {w} days",
-                        f"coalesce(sum(value) FILTER "
-                        f"(WHERE event_type = {_q(t)} AND age <= {w}), 0)",
+                        _s(t, w),
                         zero=True,
                     )
                 )
@@ -184,7 +223,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 ACTIVITY,
                 "float",
                 f"days since the last {label}",
-                f"min(age) FILTER (WHERE event_type = {_q(t)})",
+                _of("min_age", t),
             )
         )
 
@@ -196,14 +235,12 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                     ENGAGEMENT,
                     "float",
                     f"{num} / {den} over the last {w} days",
-                    f"({_count(num, f'age <= {w}')})::DOUBLE / "
-                    f"nullif({_count(den, f'age <= {w}')}, 0)",
+                    f"({_n(num, w)})::DOUBLE / nullif({_n(den, w)}, 0)",
                 )
             )
     if fp.cart_event:
         for w in fp.windows_days:
-            carts = _count(fp.cart_event, f"age <= {w}")
-            buys = _count(conv, f"age <= {w}")
+            carts, buys = _n(fp.cart_event, w), _n(conv, w)
             specs.append(
                 FeatureSpec(
                     f"cart_abandonment_{w}d",
@@ -222,8 +259,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 ENGAGEMENT,
                 "float",
                 f"mean days between two {t.replace('_', ' ')} events",
-                f"(max(age) FILTER (WHERE event_type = {_q(t)}) - min(age) FILTER "
-                f"(WHERE event_type = {_q(t)})) / nullif({_count(t)} - 1, 0)",
+                _gap(t),
             )
         )
     for t in fp.last_value_types:
@@ -233,13 +269,12 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 ENGAGEMENT,
                 "float",
                 f"value of the last {t.replace('_', ' ')}",
-                # Ties on age are broken by the larger value so the result is deterministic.
-                f"arg_min(value, (age, -value)) FILTER (WHERE event_type = {_q(t)})",
+                _of("last_value", t),
             )
         )
     d = fp.trend_days
-    recent, before = f"age <= {d}", f"age > {d} AND age <= {2 * d}"
     for t in active:
+        recent, both = _n(t, d), _n(t, 2 * d)
         specs.append(
             FeatureSpec(
                 f"{t}_trend_{d}d",
@@ -247,19 +282,18 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"change of {t.replace('_', ' ')} events, last {d} days vs the {d} before "
                 "(-1 stopped, +1 started)",
-                _trend(_count(t, recent), _count(t, before)),
+                _trend(recent, f"{both} - {recent}"),
             )
         )
     if active:
-        a = f"count(*) FILTER (WHERE event_type IN ({active_in}) AND {recent})"
-        b = f"count(*) FILTER (WHERE event_type IN ({active_in}) AND {before})"
+        recent, both = _n_in(active_in, d), _n_in(active_in, 2 * d)
         specs.append(
             FeatureSpec(
                 f"activity_trend_{d}d",
                 ENGAGEMENT,
                 "float",
                 f"change of all activity, last {d} days vs the {d} before",
-                _trend(a, b),
+                _trend(recent, f"{both} - {recent}"),
             )
         )
     names = [s.name for s in specs]
@@ -270,5 +304,10 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
 
 
 def feature_names(params: Params, views: tuple[str, ...] | None = None) -> list[str]:
-    """Names of the features, optionally only those of some views, in catalog order."""
+    """Names of the stored feature columns (metadata included), in catalog order."""
     return [s.name for s in feature_specs(params) if views is None or s.view in views]
+
+
+def model_feature_names(params: Params) -> list[str]:
+    """The model inputs: every feature except the snapshot-time metadata."""
+    return [n for n in feature_names(params) if n != SNAPSHOT_TIME]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from engage.config import Params
 from features.aggregates import to_utc
-from features.catalog import ENTITY_KEY, TIMESTAMP
+from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP
 
 _DAY = pd.Timedelta(days=1)
 
@@ -39,6 +39,7 @@ def reference_snapshot(
         first = pd.concat([first, cs]).groupby(level=0).min()
     out = pd.DataFrame(index=first.index.sort_values())
     out.index.name = ENTITY_KEY
+    out[SNAPSHOT_TIME] = as_of.timestamp()
     out["tenure_days"] = (as_of - first) / _DAY
 
     def of_type(t: str, max_age: float = np.inf, min_age: float = 0.0) -> pd.DataFrame:

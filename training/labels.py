@@ -1,0 +1,124 @@
+"""Labels from observed future events only, for each as-of time and horizon H.
+
+- appetence: every contact known before ``as_of``; 1 if it makes at least one
+  conversion event (purchase) in ``(as_of, as_of + H]``.
+- churn: customers (a purchase before ``as_of``) still active (a purchase within
+  ``labels.active_within_days`` before ``as_of``); 1 if no event of
+  ``labels.churn_activity_types`` happens in ``(as_of, as_of + H]``.
+
+Only as-of times whose whole window is observed (``as_of + H <= end of data``) get labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pandas as pd
+
+from engage.config import Params
+from features.aggregates import to_utc
+from features.catalog import ENTITY_KEY, TIMESTAMP
+
+Model = Literal["churn", "appetence"]
+MODELS: tuple[Model, ...] = ("churn", "appetence")
+LABEL = "label"
+
+
+def observed_until(events_path: Path) -> pd.Timestamp:
+    """End of the observed period: the midnight (UTC) after the last event."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    (last,) = con.execute(
+        f"SELECT epoch_us(max(event_time)) FROM read_parquet('{events_path}')"
+    ).fetchone()
+    con.close()
+    if last is None:
+        raise ValueError(f"events: {events_path} holds no rows")
+    return pd.Timestamp(last, unit="us", tz="UTC").floor("D") + pd.Timedelta(days=1)
+
+
+def labelable(as_of: Sequence[pd.Timestamp], horizon_days: int, end: pd.Timestamp) -> list:
+    """The as-of times whose label window ``(as_of, as_of + H]`` ends by ``end``."""
+    h = pd.Timedelta(days=horizon_days)
+    return sorted(to_utc(t) for t in as_of if to_utc(t) + h <= to_utc(end))
+
+
+def make_labels(
+    events_path: Path,
+    customers_path: Path | None,
+    as_of: Sequence[pd.Timestamp],
+    params: Params,
+    model: Model,
+) -> pd.DataFrame:
+    """Entity rows with labels: ``customer_id``, ``event_timestamp`` (= as_of), ``label``.
+
+    Args:
+        events_path: Parquet events.
+        customers_path: Parquet customers (first_seen), optional.
+        as_of: candidate as-of times; those without a fully observed window are skipped.
+        params: the parsed params.yaml.
+        model: ``churn`` or ``appetence``.
+
+    Raises:
+        ValueError: unknown model, or no as-of time has a fully observed window.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    lp = params.labels
+    end = observed_until(events_path)
+    times = labelable(as_of, lp.horizon_days, end)
+    if not times:
+        raise ValueError(
+            f"labels.horizon_days={lp.horizon_days}: no as-of time has a fully observed label "
+            f"window (data ends {end:%Y-%m-%d}); use a shorter horizon or more history"
+        )
+    conv = params.data.conversion_event
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("asofs", pd.DataFrame({"as_of_us": [int(t.value // 1000) for t in times]}))
+    con.execute(
+        f"CREATE TEMP TABLE ev AS SELECT customer_id, event_type, epoch_us(event_time) AS ts "
+        f"FROM read_parquet('{events_path}')"
+    )
+    first_seen = "SELECT customer_id, min(ts) AS first_us FROM ev GROUP BY customer_id"
+    if customers_path is not None and Path(customers_path).exists():
+        first_seen = (
+            "SELECT customer_id, min(first_us) AS first_us FROM ("
+            f"SELECT customer_id, epoch_us(first_seen) AS first_us "
+            f"FROM read_parquet('{customers_path}') UNION ALL {first_seen}) GROUP BY customer_id"
+        )
+    h_us = lp.horizon_days * 86_400_000_000
+    active_us = lp.active_within_days * 86_400_000_000
+    target_types = [conv] if model == "appetence" else list(lp.churn_activity_types)
+    target_in = ", ".join("'" + t.replace("'", "''") + "'" for t in target_types)
+    # Did a target event happen in (as_of, as_of + H]?
+    future = f"""
+        SELECT a.as_of_us, e.customer_id FROM asofs a JOIN ev e
+          ON e.ts > a.as_of_us AND e.ts <= a.as_of_us + {h_us}
+        WHERE e.event_type IN ({target_in}) GROUP BY ALL"""
+    if model == "appetence":
+        population = f"""
+            SELECT a.as_of_us, f.customer_id FROM asofs a JOIN ({first_seen}) f
+              ON f.first_us < a.as_of_us"""
+        label = "CAST(t.customer_id IS NOT NULL AS INTEGER)"
+    else:
+        population = f"""
+            SELECT a.as_of_us, e.customer_id FROM asofs a JOIN ev e
+              ON e.ts < a.as_of_us AND e.ts >= a.as_of_us - {active_us}
+            WHERE e.event_type = '{conv}' GROUP BY ALL"""
+        label = "CAST(t.customer_id IS NULL AS INTEGER)"
+    out = con.execute(
+        f"""
+        SELECT p.customer_id AS {ENTITY_KEY}, make_timestamptz(p.as_of_us) AS {TIMESTAMP},
+               {label} AS {LABEL}
+        FROM ({population}) p LEFT JOIN ({future}) t
+          ON p.customer_id = t.customer_id AND p.as_of_us = t.as_of_us
+        ORDER BY {TIMESTAMP}, {ENTITY_KEY}
+        """
+    ).df()
+    con.close()
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True)
+    return out
