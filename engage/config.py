@@ -145,15 +145,18 @@ class SegmentsParams(_Section):
     at_risk_inactive_days: int = Field(60, ge=0)
     lost_inactive_days: int = Field(180, ge=0)
     lead_min_clicks_30d: int = Field(1, ge=0)
+    lead_min_cart_adds_30d: int = Field(1, ge=0)
 
 
 class ValueParams(_Section):
     lifespan_years: float = Field(2.0, gt=0)
+    frequency: Literal["purchases_365d", "mean_gap"] = "purchases_365d"
 
 
 class ScoringParams(_Section):
     dir: str = "scores"
     top_k_reasons: int = Field(3, ge=0)
+    batch_rows: int = Field(100_000, gt=0)
 
 
 class ServingParams(_Section):
@@ -165,6 +168,8 @@ class ServingParams(_Section):
     api_key_env: str = "ENGAGE_API_KEY"
     webhook_url: str | None = None
     webhook_retries: int = Field(3, ge=0)
+    webhook_backoff_s: float = Field(0.5, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
 
 
 class Params(_Section):

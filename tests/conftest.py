@@ -1,0 +1,56 @@
+"""Shared fixtures: a small end-to-end pipeline run once per test session.
+
+``pipeline`` simulates a small demo data set in a temporary data directory
+(``ENGAGE_DATA_DIR``), builds the features into Feast and trains both models, so the
+tests of training, scoring, serving and reporting share one realistic, fast setup.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+os.environ.setdefault("FEAST_USAGE", "False")
+
+SMALL = ("simulate.customers=2500", "simulate.days=300")
+
+
+@dataclass
+class Pipeline:
+    data_dir: Path
+    params: object
+    paths: object
+    features: object  # features.aggregates.BuildSummary
+    results: dict  # model name -> training.train.TrainResult
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Pipeline:
+    from engage.config import load_params, resolve_paths
+    from engage.data.simulate import simulate_to_parquet
+    from features.aggregates import build_features
+    from features.store import apply_repo, get_store, materialize_snapshot
+    from training.train import train_model
+
+    data_dir = tmp_path_factory.mktemp("pipeline")
+    old = os.environ.get("ENGAGE_DATA_DIR")
+    os.environ["ENGAGE_DATA_DIR"] = str(data_dir)
+    try:
+        params = load_params(overrides=SMALL)
+        paths = resolve_paths(params)
+        simulate_to_parquet(params.simulate, params.data, paths.events, paths.customers)
+        summary = build_features(params, paths.events, paths.customers, paths.features_dir)
+        apply_repo(paths)
+        materialize_snapshot(get_store(paths), max(summary.snapshots))
+        results = {m: train_model(paths, params, m) for m in ("churn", "appetence")}
+        yield Pipeline(data_dir, params, paths, summary, results)
+    finally:
+        if old is None:
+            os.environ.pop("ENGAGE_DATA_DIR", None)
+        else:
+            os.environ["ENGAGE_DATA_DIR"] = old
