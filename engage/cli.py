@@ -343,7 +343,34 @@ def run(
         _build_features(c, None)
     with _step("3. models"):
         _train(c, "all")
+    with _step("4. batch scoring"):
+        from serving.scoring import score
+
+        try:
+            run_ = score(c.paths, c.params)
+        except (FileNotFoundError, LookupError, ValueError) as err:
+            _fail(str(err))
+        stages = run_.stage_counts() if hasattr(run_, "stage_counts") else {}
+        console.print(
+            f"scored {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d} -> {run_.path}"
+            + (f"\nstages: {stages}" if stages else "")
+        )
     console.print(f"[bold green]pipeline done[/bold green] in {time.perf_counter() - start:.0f} s")
+
+
+def _register_commands() -> None:
+    # Commands of later pipeline steps live in engage/commands/ (one module per area).
+    from engage.commands import scoring
+
+    scoring.register(app)
+    try:
+        from engage.commands import bench
+    except ImportError:  # the benchmark extra may be absent
+        return
+    bench.register(bench_app)
+
+
+_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
