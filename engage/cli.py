@@ -34,6 +34,7 @@ for _var, _val in (
     ("BENTOML_DO_NOT_TRACK", "true"),
     ("DO_NOT_TRACK", "true"),
     ("FEAST_USAGE", "False"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
 ):
     os.environ.setdefault(_var, _val)
 
@@ -321,6 +322,46 @@ def train(
     _train(_ctx(ctx), model)
 
 
+# ------------------------------------------------------------------ score and report
+
+
+def _score_last_two(c: Context) -> None:
+    """Score the previous snapshot and the latest, so the report shows stage movements."""
+    from serving.scoring import score, snapshot_files
+
+    snaps = snapshot_files(c.paths)
+    targets = [s.as_of for s in snaps[-2:]]
+    for as_of in targets:
+        try:
+            run_ = score(c.paths, c.params, as_of=as_of)
+        except (FileNotFoundError, LookupError, ValueError) as err:
+            _fail(str(err))
+        console.print(
+            f"run {run_.run_id}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
+            f"stages {run_.stages}"
+        )
+
+
+def _report(c: Context, out: Path | None = None) -> Path:
+    from reporting.report import build_report
+
+    try:
+        return build_report(c.paths, c.params, out)
+    except (FileNotFoundError, LookupError) as err:
+        _fail(str(err))
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write.")] = None,
+) -> None:
+    """Write the self-contained HTML report (index, KPIs, models, SHAP, at-risk list)."""
+    with console.status("building the report"):
+        path = _report(_ctx(ctx), out)
+    console.print(f"report: [bold]{path}[/bold]")
+
+
 # ---------------------------------------------------------------------------- run
 
 
@@ -344,18 +385,11 @@ def run(
     with _step("3. models"):
         _train(c, "all")
     with _step("4. batch scoring"):
-        from serving.scoring import score
-
-        try:
-            run_ = score(c.paths, c.params)
-        except (FileNotFoundError, LookupError, ValueError) as err:
-            _fail(str(err))
-        stages = run_.stage_counts() if hasattr(run_, "stage_counts") else {}
-        console.print(
-            f"scored {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d} -> {run_.path}"
-            + (f"\nstages: {stages}" if stages else "")
-        )
+        _score_last_two(c)
+    with _step("5. report"):
+        path = _report(c)
     console.print(f"[bold green]pipeline done[/bold green] in {time.perf_counter() - start:.0f} s")
+    console.print(f"report: [bold]{path}[/bold]")
 
 
 def _register_commands() -> None:
