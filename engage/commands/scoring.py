@@ -1,0 +1,331 @@
+"""``engage score``, ``at-risk``, ``thresholds`` and ``transitions``.
+
+The commands take the same ``typer.Context`` as the rest of the CLI (``ctx.obj`` is
+``engage.cli.Context`` with ``params`` and ``paths``); :func:`register` adds them to the
+main app. The modules they call live in ``serving/``; imports are deferred so
+``engage --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from engage.cli import Context
+
+console = Console()
+
+
+def _obj(ctx: typer.Context) -> Context:
+    return ctx.obj
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(1)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.1%}"
+
+
+# ---------------------------------------------------------------------------- score
+
+
+def score_command(
+    ctx: typer.Context,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Score the latest snapshot at or before this time."),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Run id (default: snapshot date + hash); reuse replaces."),
+    ] = None,
+) -> None:
+    """Score every known contact with the champion models into scores/run=<id>.parquet."""
+    from serving.scoring import score
+
+    c = _obj(ctx)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("scoring contacts", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            run = score(c.paths, c.params, as_of=as_of, run_id=run_id, progress=tick)
+        except (FileNotFoundError, LookupError, ValueError) as err:
+            _fail(str(err))
+    versions = ", ".join(f"{m} v{v}" for m, v in run.versions.items())
+    table = Table(title=f"run {run.run_id}: {run.rows:,} contacts at {run.as_of:%Y-%m-%d %H:%M}")
+    table.add_column("stage / segment")
+    table.add_column("contacts", justify="right")
+    table.add_column("share", justify="right")
+    for name, n in run.stages.items():
+        table.add_row(f"[bold]{name}[/bold]", f"{n:,}", _pct(n / max(run.rows, 1)))
+    table.add_section()
+    for name, n in run.segments.items():
+        table.add_row(name, f"{n:,}", _pct(n / max(run.rows, 1)))
+    console.print(table)
+    console.print(f"models: {versions}; {run.seconds:.1f} s -> {run.path}")
+
+
+# -------------------------------------------------------------------------- at-risk
+
+
+def at_risk_command(
+    ctx: typer.Context,
+    top: Annotated[int, typer.Option("--top", help="Number of customers.", min=1)] = 20,
+    segment: Annotated[
+        str | None, typer.Option("--segment", help="Only this lifecycle segment.")
+    ] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="table, csv or json.", case_sensitive=False)
+    ] = "table",
+    run: Annotated[
+        str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
+    ] = None,
+) -> None:
+    """Customers by value at risk (p_churn x CLV), with reasons and a suggested action."""
+    from serving.at_risk import FORMATS, at_risk_list, to_csv, to_json
+
+    fmt = format_.lower()
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    c = _obj(ctx)
+    try:
+        info, frame = at_risk_list(c.paths, top=top, segment=segment, run_id=run)
+    except (LookupError, ValueError) as err:
+        _fail(str(err))
+    if fmt == "csv":
+        typer.echo(to_csv(frame), nl=False)
+        return
+    if fmt == "json":
+        typer.echo(to_json(frame, info))
+        return
+    title = f"top {len(frame)} at-risk customers, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    table = Table(title=title, show_lines=True)
+    for col, justify in (
+        ("customer", "left"),
+        ("p_churn", "right"),
+        ("stage", "left"),
+        ("segment", "left"),
+        ("value at risk", "right"),
+        ("top reasons", "left"),
+        ("suggested action", "left"),
+    ):
+        table.add_column(col, justify=justify, overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            row.customer_id,
+            f"{row.p_churn:.2f}",
+            row.stage,
+            row.segment,
+            f"{row.value_at_risk:,.2f}",
+            escape("\n".join(f"- {r}" for r in row.reasons)),
+            escape(row.action),
+        )
+    console.print(table)
+    if frame.empty:
+        console.print("[yellow]no customer matches[/yellow]")
+
+
+# ----------------------------------------------------------------------- thresholds
+
+
+def thresholds_command(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option("--model", help="churn (Exit quadrant) or appetence (Purchase).")
+    ] = "churn",
+    capacity: Annotated[
+        float | None,
+        typer.Option("--capacity", help="Contacts the team can handle per scoring run.", min=0),
+    ] = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option("--target-precision", help="Wanted share of true positives (0-1]."),
+    ] = None,
+    per: Annotated[
+        str, typer.Option("--per", help="Scale to one snapshot: mean (of as-of times) or last.")
+    ] = "mean",
+) -> None:
+    """Contacts, TP, FP, precision and recall per threshold on the champion's held-out rows."""
+    from serving.thresholds import (
+        PARAM,
+        QUADRANT,
+        candidate_grid,
+        current_threshold,
+        load_held_out,
+        propose,
+        threshold_table,
+    )
+
+    if model not in QUADRANT:
+        _fail(f"--model must be churn or appetence, got {model!r}")
+    if per not in ("mean", "last"):
+        _fail(f"--per must be mean or last, got {per!r}")
+    c = _obj(ctx)
+    try:
+        held, version = load_held_out(c.paths, model)
+        proposal = None
+        if capacity is not None or target_precision is not None:
+            proposal = propose(held, capacity, target_precision, per)
+        grid = candidate_grid(c.params, model, proposal.threshold if proposal else None)
+        table_df = threshold_table(held, grid, per)
+    except (LookupError, ValueError) as err:
+        _fail(str(err))
+    snaps = held["event_timestamp"].nunique()
+    current = current_threshold(c.params, model)
+    per_text = "mean of" if per == "mean" else "last of"
+    table = Table(
+        title=(
+            f"{model} v{version}: {QUADRANT[model]} quadrant per scoring run "
+            f"({per_text} {snaps} held-out snapshots, {len(held):,} rows)"
+        )
+    )
+    for col in ("threshold", "contacts", "TP", "FP", "precision", "recall"):
+        table.add_column(col, justify="right")
+    chosen = proposal.threshold if proposal else None
+    for r in table_df.itertuples(index=False):
+        mark = []
+        if abs(r.threshold - current) < 1e-12:
+            mark.append("current")
+        if chosen is not None and abs(r.threshold - round(chosen, 6)) < 1e-9:
+            mark.append("proposed")
+        style = "bold green" if "proposed" in mark else ("bold" if mark else None)
+        label = f"{r.threshold:.4g}" + (f" ({', '.join(mark)})" if mark else "")
+        table.add_row(
+            label,
+            f"{r.contacts:,.1f}",
+            f"{r.tp:,.1f}",
+            f"{r.fp:,.1f}",
+            _pct(r.precision),
+            _pct(r.recall),
+            style=style,
+        )
+    console.print(table)
+    if proposal is None:
+        console.print("give --capacity and/or --target-precision for a proposal")
+    elif proposal.threshold is None:
+        console.print(f"[yellow]{escape(proposal.reason)}[/yellow]")
+    else:
+        console.print(
+            f"proposal: {PARAM[model]} = {proposal.threshold:.4f} ({escape(proposal.reason)}): "
+            f"{proposal.contacts:,.1f} contacts per run, precision {_pct(proposal.precision)}, "
+            f"recall {_pct(proposal.recall)}\n"
+            f"apply with `--set {PARAM[model]}={proposal.threshold:.4f}` or in params.yaml"
+        )
+
+
+# ---------------------------------------------------------------------- transitions
+
+
+def transitions_command(
+    ctx: typer.Context,
+    from_run: Annotated[
+        str | None, typer.Option("--from", help="Earlier run (default: the one before --to).")
+    ] = None,
+    to_run: Annotated[
+        str | None, typer.Option("--to", help="Later run (default: the latest).")
+    ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option("--webhook", help="POST the changes here (default: serving.webhook_url)."),
+    ] = None,
+    post: Annotated[
+        bool, typer.Option("--post/--no-post", help="POST to the webhook when one is set.")
+    ] = True,
+    limit: Annotated[int, typer.Option("--limit", help="Rows shown.", min=0)] = 50,
+) -> None:
+    """Contacts whose stage changed between two scoring runs; optionally POSTed once."""
+    from serving.transitions import WebhookError, deliver, stage_transitions
+
+    c = _obj(ctx)
+    try:
+        tr = stage_transitions(c.paths, from_run, to_run)
+    except (LookupError, ValueError) as err:
+        _fail(str(err))
+    console.print(
+        f"{tr.from_run.run_id} ({tr.from_run.as_of:%Y-%m-%d}) -> {tr.to_run.run_id} "
+        f"({tr.to_run.as_of:%Y-%m-%d}): {len(tr.changes):,} stage change(s); "
+        f"{tr.entered:,} new contact(s), {tr.left:,} gone"
+    )
+    if len(tr.changes):
+        matrix = tr.matrix()
+        summary = Table(title="changes: from (rows) -> to (columns)")
+        summary.add_column("from \\ to")
+        for col in matrix.columns:
+            summary.add_column(str(col), justify="right")
+        for name, row in matrix.iterrows():
+            summary.add_row(str(name), *(f"{int(v):,}" for v in row))
+        console.print(summary)
+        table = Table(title=f"first {min(limit, len(tr.changes))} by value at risk")
+        for col in ("customer", "from", "to", "segment", "p_churn", "p_purchase", "value at risk"):
+            table.add_column(col, justify="right" if col.startswith(("p_", "value")) else "left")
+        shown = tr.changes.sort_values("value_at_risk", ascending=False).head(limit)
+        for r in shown.itertuples(index=False):
+            table.add_row(
+                r.customer_id,
+                r.from_stage,
+                r.to_stage,
+                f"{r.from_segment} -> {r.to_segment}",
+                "-" if r.p_churn != r.p_churn else f"{r.p_churn:.2f}",
+                f"{r.p_purchase:.2f}",
+                f"{r.value_at_risk:,.2f}",
+            )
+        console.print(table)
+    url = webhook or c.params.serving.webhook_url
+    if not post or not url:
+        return
+    try:
+        result = deliver(c.paths, tr, url, c.params.serving)
+    except WebhookError as err:
+        _fail(f"{err} (not recorded: rerun to retry)")
+    if result.status == "skipped":
+        console.print(f"webhook {escape(url)}: already delivered for this pair, not sent again")
+    else:
+        console.print(
+            f"webhook {escape(url)}: delivered (HTTP {result.http_status}, "
+            f"{result.attempts} attempt(s))"
+        )
+
+
+COMMANDS = {
+    "score": score_command,
+    "at-risk": at_risk_command,
+    "thresholds": thresholds_command,
+    "transitions": transitions_command,
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``score``, ``at-risk``, ``thresholds`` and ``transitions`` to ``app``.
+
+    Idempotent: a command name the app already has is left alone.
+    """
+    have = {c.name for c in app.registered_commands}
+    for name, fn in COMMANDS.items():
+        if name not in have:
+            app.command(name)(fn)
