@@ -11,8 +11,8 @@ Every contact has a hidden (latent) **engagement** ``e`` on a logit-like scale:
 
 * a personal level drawn once, ``N(0, 0.65)``, plus 0.4 for contacts who already bought;
 * a weekly random walk with step ``simulate.engagement_drift_sd``, so interest wanders
-  (slightly pulled back to the personal level, 3 % a week, so the base as a whole keeps
-  its spread instead of widening year after year);
+  (an AR(1) with coefficient 0.97: pulled back towards the personal level by 3 % a week,
+  so the base as a whole keeps its spread instead of widening year after year);
 * +0.3 after a first purchase (the enthusiasm of a new customer);
 * for a **decliner**, a linear fall of 2.5 over ``simulate.decline_weeks`` weeks, after
   which the contact **leaves**: no activity at all from then on (the marketer keeps
@@ -26,11 +26,16 @@ Contacts are of three kinds at the start (``simulate.start``):
 * **new prospects**, who sign up during the period (``first_seen`` uniform over it, with a
   web visit at that moment).
 
-Every week each prospect may **convert** with probability ``sigmoid(-5.6 + 1.1 e)``: a
-cart add then a first purchase. A share ``simulate.decline_share`` of customers starts
-declining at a random week after the start (after their first purchase for converts), so
-the Exit stage is visible in the events: opens, clicks, visits and carts thin out over
-the weeks before the last activity, while support tickets become 4x more frequent.
+Every week each prospect may **convert** (a cart add then a first purchase) with
+probability ``sigmoid(-6.1 + 1.1 e + 1.5 k)``, ``k`` = 1 if they put something in a cart
+this week or last: a cart is intent. Customers then buy on a personal **repurchase
+cycle** (log-normal, median 8 weeks): their purchase hazard is low just after a purchase,
+peaks when the cycle comes round, settles lower once the habit lapses (so recency acts
+non-monotonically, as in real repeat buying), and triples the week after an abandoned
+cart. A share ``simulate.decline_share`` of customers starts declining at a random week
+after the start (after their first purchase for converts), so the Exit stage is visible
+in the events: opens, clicks, visits, carts and purchases thin out over the weeks before
+the last activity, while support tickets become 4x more frequent.
 
 Per week, given ``e``, the contact produces (Poisson counts unless stated):
 
@@ -45,10 +50,11 @@ email_click (email)           ``sigmoid(-2.6 + 0.7 e + a_c)`` per open (``a_c`` 
 web_visit (web)               ``0.45 exp(0.8 e)``, x1.3 for customers; value = session
                               seconds, log-normal around ``90 exp(0.25 e)``
 social_interaction (social)   ``0.08 exp(0.9 e)``
-cart_add (web)                ``0.05 exp(0.9 e)``, x1.5 for customers
-purchase (web)                a customer's cart is bought with ``sigmoid(-1.3 + 0.6 e)``
-                              (prospects' carts are abandoned); value = amount
-purchase (store)              ``0.012 exp(0.6 e)`` for customers
+cart_add (web)                browsing ``0.065 exp(0.9 e)``, x1.5 for customers, never
+                              checked out as such; plus the cart of each web purchase
+purchase (web 80 %, store)    customers: hazard ``0.06 exp(0.6 e)`` x cycle factor x3
+                              after an abandoned cart (at most one a week); value =
+                              amount. Prospects: the conversion above
 support_ticket (support)      0.008 for customers, 0.002 for prospects, x4 when declining
 nps_response (email)          0.012 for customers, 0.003 for prospects; value = score
                               ``round(7.6 + 1.4 e + N(0, 1.3))`` clipped to 0-10
@@ -61,14 +67,20 @@ weekday profile (more visits on Sundays, tickets on weekdays) and an hour-of-day
 (UTC). Events of a week are spread over its days with np.repeat, never per event.
 
 With the defaults (20,000 contacts, 365 days) :func:`compute_rates` measures an e-mail
-open rate near 25 %, a click-through rate near 3 %, click-to-open near 11 %, monthly churn
-of buyers near 6 %, a conversion of new prospects near 9 % and cart abandonment near 70 %
-(definitions in :func:`compute_rates`).
+open rate near 25 %, a click-through rate near 3 %, click-to-open near 12 %, a conversion
+of new prospects near 12 % over the year, cart abandonment near 71 % and a monthly churn
+of active buyers near 3 % (definitions in :func:`compute_rates`), with about 95 events
+per contact (40 % of them e-mails sent). Churn follows ``simulate.decline_share``: about
+``decline_share / 12`` of the customers leave each month; the rest of the measured churn
+is quiet months of buyers who stay.
 
 Implementation
 --------------
 Contacts are simulated in chunks of ``simulate.chunk_customers`` with
-``np.random.default_rng([seed, chunk_index])``, so a seed always gives the same bytes.
+``np.random.default_rng([seed, chunk_index])``, so a seed always gives the same bytes
+(as long as the period is over: events past the wall clock are dropped). Campaign appeals
+come from a run-level stream, so every chunk sees the same campaigns. ``simulate.start``
+is meant as a date (midnight UTC): days, and the hour profiles, count from it.
 The latent state is a ``(contacts, weeks)`` matrix; counts are drawn for the whole matrix
 at once, turned into rows with ``np.repeat`` and built into Arrow columns with ``take``
 (no Python object per row). Each chunk is appended to the Parquet file as row groups, so
@@ -134,12 +146,13 @@ _KNOWN_PROSPECT_SHARE = 0.3  # prospects already in the base at the start
 _NEW_CUSTOMER_BOOST = 0.3
 _DECLINE_DEPTH = 2.5  # engagement lost over a decline: activity falls ~7x by the end
 _DECLINE_AFTER_CONVERSION_WEEKS = 4  # a new customer does not start declining at once
-_CONV = (-5.6, 1.1)  # weekly conversion logit: intercept, slope on e
+_CONV = (-6.1, 1.1)  # weekly conversion logit: intercept, slope on e
 
 _SEND_SHARE = 0.95  # a campaign targets most, not all, of the base
 _SEND_HOUR = 9
 _SEND_SPREAD_US = 30 * 60 * _SECOND_US  # a campaign leaves the ESP over half an hour
 _CAMPAIGN_APPEAL_SD = 0.25
+_CAMPAIGN_STREAM = 2**40
 _OPEN = (-1.3, 0.9)
 _CLICK = (-2.6, 0.7)
 _OPEN_DELAY_MEAN_US = 6 * _HOUR_US
@@ -147,10 +160,13 @@ _CLICK_DELAY_MEAN_US = 3 * 60 * _SECOND_US
 
 _VISIT = (0.45, 0.8, 1.3)  # base rate per week, slope on e, customer multiplier
 _SOCIAL = (0.08, 0.9)
-_CART = (0.05, 0.9, 1.5)
-_STORE = (0.012, 0.6)
-_BUY = (-1.3, 0.6)  # logit that a customer's cart is bought
-_BUY_DELAY_MEAN_US = 2 * _HOUR_US
+_CART = (0.065, 0.9, 1.5)  # browsing carts: base rate, slope on e, customer multiplier
+_CONV_CART = 1.5  # log-odds added to conversion in a week with a cart (this or last week)
+_BUY = (0.06, 0.6)  # a customer's weekly purchase hazard: base, slope on e
+_CYCLE_MEDIAN_WEEKS, _CYCLE_SD = 8.0, 0.4  # personal repurchase cycle (log-normal)
+_RECOVERY = 2.0  # hazard x3 the week after an abandoned cart
+_STORE_SHARE = 0.2  # purchases made in a shop, without a web cart
+_BURN_IN_WEEKS = 52
 _SESSION_MEDIAN_S, _SESSION_SLOPE, _SESSION_SD = 90.0, 0.25, 0.9
 _BASKET_SD = 0.25
 _TICKET = (0.008, 0.002, 4.0)  # customer rate, prospect rate, multiplier while declining
@@ -295,12 +311,28 @@ def _times(rng, week, day_cdf, hour_cdf, start_us) -> np.ndarray:
     return start_us + day * _DAY_US + hour * _HOUR_US + rng.integers(0, _HOUR_US, len(week))
 
 
+def _rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(contact, week) of every event, given a (contacts, weeks) matrix of counts."""
+    flat = counts.ravel()
+    cells = np.flatnonzero(flat)
+    cells = np.repeat(cells, flat[cells])
+    return cells // counts.shape[1], cells % counts.shape[1]
+
+
 def _poisson_rows(rng, rate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(contact, week) of every event when each cell has a Poisson count of them."""
-    counts = rng.poisson(rate).ravel()
-    cells = np.flatnonzero(counts)
-    cells = np.repeat(cells, counts[cells])
-    return cells // rate.shape[1], cells % rate.shape[1]
+    return _rows(rng.poisson(rate))
+
+
+def _cycle_factor(weeks_since: np.ndarray, cycle: np.ndarray) -> np.ndarray:
+    """Purchase hazard multiplier by weeks since the last purchase.
+
+    Low just after a purchase (the need is met), a peak when the personal cycle comes
+    round (replenishment, habit), then a lower plateau once the habit has lapsed. Not
+    monotone in recency, as real repeat buying is.
+    """
+    x = weeks_since / cycle
+    return 0.1 + 2.0 * np.exp(-0.5 * ((x - 1.0) / 0.3) ** 2) + 0.5 * _sigmoid((x - 1.0) / 0.15)
 
 
 def _session_seconds(rng, e: np.ndarray) -> np.ndarray:
@@ -344,6 +376,20 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     arrival_week = np.clip((first_seen_us - start_us) // _WEEK_US, 0, n_weeks - 1)
     seen = weeks[None, :] >= arrival_week[:, None]
 
+    # --- season and calendar profiles ------------------------------------------------
+    mid_week = pd.to_datetime(week_start_us + _WEEK_US // 2, unit="us")
+    doy = mid_week.dayofyear.to_numpy().astype(np.float64)
+
+    def bump(centre: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((doy - centre) / width) ** 2)
+
+    # Black Friday (late November), the run-up to Christmas, the August holidays.
+    shop_season = 1.0 + 0.8 * bump(332, 8) + 0.7 * bump(352, 8) - 0.15 * bump(218, 18)
+    web_season = np.sqrt(shop_season)
+    cdf = {k: _day_cdf(w, start_weekday, days, n_weeks) for k, w in _WEEKDAY.items()}
+    day_hours, office_hours = _hour_cdf(_HOURLY["day"]), _hour_cdf(_HOURLY["office"])
+    shop = shop_season * cdf["shop"][1]  # weekly shopping weight, cut weeks scaled down
+
     # --- latent engagement, conversion, decline -------------------------------------
     base = rng.normal(0.0, _BASE_SD, n) + _CUSTOMER_LIFT * is_customer0
     # A slightly mean-reverting walk: a pure one would widen the spread every week and
@@ -355,7 +401,11 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
         steps[w] += _REVERSION * steps[w - 1]
     e = np.ascontiguousarray(base[:, None] + steps.T)
 
-    p_conv = _sigmoid(_CONV[0] + _CONV[1] * e)
+    # A prospect's carts are intent: a week with one (or the week after) converts more.
+    prospect_carts = rng.poisson(_CART[0] * np.exp(_CART[1] * e) * shop[None, :] * seen)
+    intent = prospect_carts > 0
+    intent[:, 1:] |= intent[:, :-1]
+    p_conv = _sigmoid(_CONV[0] + _CONV[1] * e + _CONV_CART * intent)
     converts = (rng.random((n, n_weeks)) < p_conv) & seen & ~is_customer0[:, None]
     conv_week = np.where(converts.any(axis=1), converts.argmax(axis=1), never)
     # The first purchase needs room inside its week (after sign-up, before the horizon).
@@ -377,21 +427,59 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     alive = seen & (weeks[None, :] < leave_week[:, None])
     alive_f = alive.astype(np.float64)
     cust_f = is_customer.astype(np.float64)
+    buyer = is_customer & alive
 
-    # --- seasonality -------------------------------------------------------------------
-    mid_week = pd.to_datetime(week_start_us + _WEEK_US // 2, unit="us")
-    doy = mid_week.dayofyear.to_numpy().astype(np.float64)
-
-    def bump(centre: float, width: float) -> np.ndarray:
-        return np.exp(-0.5 * ((doy - centre) / width) ** 2)
-
-    # Black Friday (late November), the run-up to Christmas, the August holidays.
-    shop_season = 1.0 + 0.6 * bump(332, 8) + 0.5 * bump(352, 8) - 0.15 * bump(218, 18)
-    web_season = np.sqrt(shop_season)
-
-    cdf = {k: _day_cdf(w, start_weekday, days, n_weeks) for k, w in _WEEKDAY.items()}
-    day_hours, office_hours = _hour_cdf(_HOURLY["day"]), _hour_cdf(_HOURLY["office"])
+    # --- carts and the repurchase cycle -----------------------------------------------
+    customer_carts = rng.poisson(_CART[0] * _CART[2] * np.exp(_CART[1] * e) * shop[None, :] * buyer)
+    carts = np.where(is_customer, customer_carts, prospect_carts)
+    # Weeks since the last purchase drive a customer's hazard (see _cycle_factor); it is a
+    # state carried from week to week, hence the loop over weeks (vectorised over contacts).
+    cycle = rng.lognormal(np.log(_CYCLE_MEDIAN_WEEKS), _CYCLE_SD, n)
+    hazard = _BUY[0] * np.exp(_BUY[1] * e) * shop[None, :] * buyer
+    # Existing customers bought before the start too: run their cycle through a burn-in
+    # (no events) so that the first weeks are not a wave of synchronised repurchases.
+    weeks_since = rng.uniform(0.0, 1.0, n) * cycle
+    warm = _BUY[0] * np.exp(_BUY[1] * e[:, 0])
+    for u_w in rng.random((_BURN_IN_WEEKS, n)):
+        bought = u_w < -np.expm1(-warm * _cycle_factor(weeks_since, cycle))
+        weeks_since = np.where(bought, 0.0, weeks_since + 1.0)
+    weeks_since = np.where(is_customer0, weeks_since, 0.0)
+    u = rng.random((n_weeks, n))
+    buys = np.zeros((n_weeks, n), dtype=bool)
+    abandoned = np.zeros(n, dtype=bool)
+    for w in range(n_weeks):
+        h = hazard[:, w] * _cycle_factor(weeks_since, cycle) * (1.0 + _RECOVERY * abandoned)
+        buys[w] = u[w] < -np.expm1(-h)
+        weeks_since = np.where(buys[w] | (conv_week == w), 0.0, weeks_since + 1.0)
+        abandoned = (carts[:, w] > 0) & ~buys[w]
     parts = _Parts()
+    basket = rng.normal(0.0, _BASKET_SD, n)
+
+    def amounts(cust: np.ndarray) -> np.ndarray:
+        mu = sim.amount_log_mean + basket[cust]
+        return np.round(rng.lognormal(mu, sim.amount_log_sd), 2)
+
+    day_cdf = cdf["shop"][0]
+    c, w = _rows(carts)
+    parts.add(c, _times(rng, w, day_cdf, day_hours, start_us), CART, CH_WEB)
+    w, c = np.nonzero(buys)
+    t_buy = _times(rng, w, day_cdf, day_hours, start_us)
+    in_store = rng.random(len(c)) < _STORE_SHARE
+    parts.add(c[in_store], t_buy[in_store], PURCHASE, CH_STORE, value=amounts(c[in_store]))
+    c, t_buy = c[~in_store], t_buy[~in_store]
+    # An online purchase is a cart checked out minutes later.
+    parts.add(c, t_buy - rng.integers(2 * 60 * _SECOND_US, _HOUR_US, len(c)), CART, CH_WEB)
+    parts.add(c, t_buy, PURCHASE, CH_WEB, value=amounts(c))
+
+    # Conversion: a cart then the first purchase, somewhere inside the converting week.
+    c = np.flatnonzero(converted)
+    wk = conv_week[c]
+    lo = np.maximum(week_start_us[wk], first_seen_us[c])
+    hi = np.minimum(week_start_us[wk] + _WEEK_US, horizon_us)
+    t_first = lo + _HOUR_US + (rng.random(len(c)) * (hi - lo - _HOUR_US)).astype(np.int64)
+    t_cart = t_first - rng.integers(5 * 60 * _SECOND_US, _HOUR_US, len(c))
+    parts.add(c, t_cart, CART, CH_WEB)
+    parts.add(c, t_first, PURCHASE, CH_WEB, value=amounts(c))
 
     # --- weekly e-mail campaigns -----------------------------------------------------
     first_day = (sim.campaign_weekday - start_weekday) % 7
@@ -400,7 +488,10 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     campaign_week = campaign_day // 7
     # A Python string per campaign (one a week), never per row.
     campaign_ids = [f"CMP-{d:%Y%m%d}" for d in pd.to_datetime(send_us, unit="us")]
-    appeal = rng.normal(0.0, _CAMPAIGN_APPEAL_SD, len(send_us))
+    # A campaign's appeal is the same for every contact, so it comes from a stream of the
+    # run, not of the chunk (a key no chunk index reaches).
+    campaign_rng = np.random.default_rng([seed, _CAMPAIGN_STREAM])
+    appeal = campaign_rng.normal(0.0, _CAMPAIGN_APPEAL_SD, len(send_us))
     e_c = e[:, campaign_week]
     sent = (first_seen_us[:, None] <= send_us[None, :]) & (rng.random(e_c.shape) < _SEND_SHARE)
     p_open = _sigmoid(_OPEN[0] + _OPEN[1] * e_c + appeal) * alive[:, campaign_week]
@@ -431,7 +522,7 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     dur = _session_seconds(rng, e_c[c, k])
     parts.add(c, t_visit, VISIT, CH_WEB, value=dur, campaign=k)
 
-    # --- web, social, carts, purchases ---------------------------------------------------
+    # --- web and social ---------------------------------------------------
     day_cdf, share = cdf["web"]
     rate = (
         _VISIT[0]
@@ -451,43 +542,6 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     rate = _SOCIAL[0] * np.exp(_SOCIAL[1] * e) * (share[None, :] * alive_f)
     c, w = _poisson_rows(rng, rate)
     parts.add(c, _times(rng, w, day_cdf, day_hours, start_us), SOCIAL, CH_SOCIAL)
-
-    basket = rng.normal(0.0, _BASKET_SD, n)
-
-    def amounts(cust: np.ndarray) -> np.ndarray:
-        mu = sim.amount_log_mean + basket[cust]
-        return np.round(rng.lognormal(mu, sim.amount_log_sd), 2)
-
-    day_cdf, share = cdf["shop"]
-    rate = (
-        _CART[0]
-        * np.exp(_CART[1] * e)
-        * (1.0 + (_CART[2] - 1.0) * cust_f)
-        * (shop_season * share)[None, :]
-        * alive_f
-    )
-    c, w = _poisson_rows(rng, rate)
-    t_cart = _times(rng, w, day_cdf, day_hours, start_us)
-    parts.add(c, t_cart, CART, CH_WEB)
-    # Only customers check out; a prospect's first purchase is the conversion below.
-    bought = is_customer[c, w] & (rng.random(len(c)) < _sigmoid(_BUY[0] + _BUY[1] * e[c, w]))
-    c, t_cart = c[bought], t_cart[bought]
-    t_buy = t_cart + _SECOND_US * 60 + rng.exponential(_BUY_DELAY_MEAN_US, len(c)).astype(np.int64)
-    parts.add(c, t_buy, PURCHASE, CH_WEB, value=amounts(c))
-
-    rate = _STORE[0] * np.exp(_STORE[1] * e) * ((shop_season * share)[None, :] * cust_f * alive_f)
-    c, w = _poisson_rows(rng, rate)
-    parts.add(c, _times(rng, w, day_cdf, day_hours, start_us), PURCHASE, CH_STORE, value=amounts(c))
-
-    # Conversion: a cart then the first purchase, somewhere inside the converting week.
-    c = np.flatnonzero(converted)
-    wk = conv_week[c]
-    lo = np.maximum(week_start_us[wk], first_seen_us[c])
-    hi = np.minimum(week_start_us[wk] + _WEEK_US, horizon_us)
-    t_first = lo + _HOUR_US + (rng.random(len(c)) * (hi - lo - _HOUR_US)).astype(np.int64)
-    t_cart = t_first - rng.integers(5 * 60 * _SECOND_US, _HOUR_US, len(c))
-    parts.add(c, t_cart, CART, CH_WEB)
-    parts.add(c, t_first, PURCHASE, CH_WEB, value=amounts(c))
 
     # --- support and NPS ---------------------------------------------------------------
     day_cdf, share = cdf["office"]
