@@ -362,6 +362,23 @@ def report(
     console.print(f"report: [bold]{path}[/bold]")
 
 
+# ---------------------------------------------------------------------------- bench
+
+
+@bench_app.command("scale")
+def bench_scale(
+    customers: Annotated[int, typer.Option(help="Contacts of the big run.", min=1)] = 1_000_000,
+    reference: Annotated[int, typer.Option(help="Contacts of the reference run.", min=1)] = 20_000,
+    days: Annotated[int, typer.Option(help="Days of events.", min=1)] = 365,
+    data_dir: Annotated[Path | None, typer.Option(help="Keep the data here.")] = None,
+) -> None:
+    """Whole pipeline at N contacts: time and peak memory per stage -> BENCHMARKS.md."""
+    from benchmarks.bench_scale import main as scale_main
+
+    argv = ["--customers", str(customers), "--reference", str(reference), "--days", str(days)]
+    scale_main(argv + (["--data-dir", str(data_dir)] if data_dir else []))
+
+
 # ---------------------------------------------------------------------------- run
 
 

@@ -120,6 +120,7 @@ class TrainingParams(_Section):
     valid_snapshots: int = Field(4, gt=0)
     test_snapshots: int = Field(4, gt=0)
     min_train_snapshots: int = Field(3, gt=0)
+    max_rows_per_snapshot: int | None = Field(None, gt=0)
     calibration: Literal["isotonic", "sigmoid"] = "isotonic"
     promotion_tolerance: float = Field(0.002, ge=0)
     promotion_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"

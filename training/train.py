@@ -1,4 +1,6 @@
-"""Train one model end to end: labels, Feast training set, split, LightGBM, calibration,
+"""Train one model end to end.
+
+Labels, Feast training set, purged time split, leakage checks, LightGBM, calibration,
 baselines, evaluation, MLflow logging, registration and the promotion gate.
 """
 
@@ -85,6 +87,16 @@ def training_frame(paths: Paths, params: Params, model: Model, store=None) -> pd
     """Labels at every stored snapshot with an observed window, joined by Feast."""
     customers = paths.customers if paths.customers.exists() else None
     labels = make_labels(paths.events, customers, snapshot_times_on_disk(paths), params, model)
+    cap = params.training.max_rows_per_snapshot
+    if cap is not None:
+        # A fixed-size random sample per as-of time keeps the Feast retrieval and the
+        # training bounded at millions of contacts; the seed makes it repeatable.
+        labels = (
+            labels.groupby(TIMESTAMP, group_keys=False)
+            .apply(lambda g: g.sample(min(cap, len(g)), random_state=params.training.seed))
+            .sort_values([TIMESTAMP, ENTITY_KEY])
+            .reset_index(drop=True)
+        )
     store = store or get_store(paths)
     return historical_features(store, labels, model)
 
