@@ -1,0 +1,154 @@
+"""The CDNOW benchmark end to end on a sample: it runs, and it never peeks at the holdout."""
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+needs_lifetimes = pytest.mark.skipif(
+    importlib.util.find_spec("lifetimes") is None, reason="lifetimes not installed"
+)
+pytestmark = [needs_lifetimes, pytest.mark.slow]
+
+CAL_END = pd.Timestamp("1997-10-01", tz="UTC")  # as-of: covers all of 1997-09-30
+SAMPLE = 2000
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from benchmarks import bench_cdnow
+
+    data_dir = tmp_path_factory.mktemp("bench_cdnow")
+    result = bench_cdnow.run_cdnow_benchmark(
+        data_dir, customers=SAMPLE, seed=7, rehearsal=False, ceiling=False
+    )
+    return bench_cdnow, result, data_dir
+
+
+def test_training_labels_end_by_calibration_end(bench):
+    _, result, _ = bench
+    h = result["holdout"]
+    tr = h["training"]
+    horizon = pd.Timedelta(days=tr["horizon_days"])
+    assert tr["horizon_days"] == 91
+    assert len(tr["label_as_of"]) >= 20
+    # A label window (t, t + H] may include an event at t + H; the last one allowed is
+    # stamped 1997-09-30 00:00, the last calibration day.
+    assert all(t + horizon <= CAL_END for t in tr["label_as_of"])
+    assert tr["label_window_end_max"] <= CAL_END
+    assert h["calibration_last_event"] < CAL_END
+    assert h["calibration_last_event"] >= pd.Timestamp("1997-09-01", tz="UTC")
+
+
+def test_pipeline_files_hold_no_holdout_event(bench):
+    _, result, data_dir = bench
+    events = pd.read_parquet(data_dir / "holdout" / "events.parquet")
+    assert len(events) == result["holdout"]["calibration_events"]
+    assert pd.to_datetime(events["event_time"], utc=True).max() < CAL_END
+
+
+def test_scored_features_are_as_of_calibration_end(bench):
+    bench_cdnow, result, _ = bench
+    h = result["holdout"]
+    assert h["scored_as_of"] == CAL_END
+    assert h["scored_snapshot_times"] == [CAL_END]
+    feats = h["scored_features"].set_index("customer_id")
+    # Events are stamped 00:00 of their date: a purchase on 1997-09-30 is 1 day old at
+    # the as-of time and nothing is younger (a holdout purchase would be).
+    assert feats["days_since_last_purchase"].min() >= 1.0
+    from engage.data.cdnow import load_cdnow
+
+    events, _ = load_cdnow()
+    last_day = events[
+        (events["event_time"] == CAL_END - pd.Timedelta(days=1))
+        & events["customer_id"].isin(feats.index)
+    ]["customer_id"].unique()
+    assert len(last_day) > 0
+    assert (feats.loc[last_day, "days_since_last_purchase"] == 1.0).all()
+
+
+def test_predictions_do_not_depend_on_the_holdout(bench, tmp_path):
+    """Scramble who bought in the holdout: every prediction must stay the same."""
+    bench_cdnow, result, _ = bench
+    from engage.config import load_params
+    from engage.data.cdnow import load_cdnow
+
+    events, customers = bench_cdnow.sample_customers(*load_cdnow(), SAMPLE, 7)
+    hold = events["event_time"] >= CAL_END
+    rng = np.random.default_rng(0)
+    scrambled = events.copy()
+    scrambled.loc[hold, "customer_id"] = rng.choice(customers["customer_id"], int(hold.sum()))
+    again = bench_cdnow.run_split(
+        scrambled, load_params(profile="cdnow"), tmp_path, bench_cdnow.REAL, lambda _m: None
+    )
+    before, after = result["holdout"]["predictions"], again["predictions"]
+    assert not np.array_equal(before["bought"], after["bought"])
+    for col in ("p_model", "p_model_short", "p_model_chain", "p_bgnbd", "e_bgnbd", "frequency"):
+        np.testing.assert_array_equal(before[col].to_numpy(), after[col].to_numpy(), err_msg=col)
+
+
+def test_table_has_the_four_methods(bench):
+    bench_cdnow, result, _ = bench
+    h = result["holdout"]
+    assert set(h["metrics"]) == set(bench_cdnow.METHODS) == {"model", "bgnbd", "frequency", "rfm"}
+    assert h["customers"] == SAMPLE
+    for m in h["metrics"].values():
+        assert 0.5 < m["roc_auc"] < 1.0
+    preds = h["predictions"]
+    for col in ("p_model", "p_bgnbd", "p_model_short", "p_model_chain"):
+        assert preds[col].between(0, 1).all()
+    # A 39-week probability is at least the 13-week one it is carried from.
+    assert (preds["p_model"] >= preds["p_model_short"] - 1e-12).all()
+    assert h["metrics"]["bgnbd"]["predicted_purchases"] > 0
+    assert h["metrics"]["bgnbd"]["actual_purchases"] == preds["purchase_days"].sum()
+    body = bench_cdnow.report_markdown(result)
+    for name in bench_cdnow.METHODS:
+        assert bench_cdnow._NAMES[name] in body
+    assert "(a random sample)" in body
+
+
+def test_bgnbd_closed_form_matches_lifetimes(bench):
+    """P(>=1) against lifetimes' own quantities: unconditional and small-horizon limits."""
+    bench_cdnow, _, data_dir = bench
+    from engage.data.cdnow import load_cdnow
+
+    events, _ = load_cdnow()
+    ids = pd.Index(sorted(events["customer_id"].unique())[:3000], name="customer_id")
+    summary = bench_cdnow.bgnbd_summary(events[events["customer_id"].isin(ids)], CAL_END, ids)
+    fitter = bench_cdnow.fit_bgnbd(summary)
+    # A brand-new customer: P(>=1 in t) = 1 - P(X(t) = 0).
+    new = pd.DataFrame({"frequency": [0.0], "recency": [0.0], "T": [0.0]})
+    p0 = fitter.probability_of_n_purchases_up_to_time(273, 0)
+    assert bench_cdnow.bgnbd_prob_any(fitter, new, 273)[0] == pytest.approx(1 - p0, rel=1e-6)
+    # Over a tiny horizon, P(>=1) ~ E[purchases].
+    p = bench_cdnow.bgnbd_prob_any(fitter, summary, 1e-4)
+    e = bench_cdnow.bgnbd_expected(fitter, summary, 1e-4)
+    np.testing.assert_allclose(p, e, rtol=1e-3)
+    assert (bench_cdnow.bgnbd_prob_any(fitter, summary, 273) <= 1).all()
+
+
+def test_horizon_transfer():
+    from benchmarks.bench_cdnow import horizon_transfer
+
+    p = np.array([0.0, 0.1, 0.5, 0.9])
+    # BG/NBD curve of a Poisson customer: the hazard triples over a 3x horizon.
+    bg13 = 1 - np.exp(-np.array([0.1, 0.2, 0.3, 0.4]))
+    bg39 = 1 - np.exp(-3 * np.array([0.1, 0.2, 0.3, 0.4]))
+    np.testing.assert_allclose(horizon_transfer(p, bg13, bg39), 1 - (1 - p) ** 3)
+    # A customer BG/NBD believes gone: no growth, the short probability stays.
+    np.testing.assert_allclose(horizon_transfer(p, bg13, bg13), p)
+
+
+def test_cli_registers_cdnow():
+    from typer.testing import CliRunner
+
+    from engage.cli import app, bench_app
+    from engage.commands.bench import register
+
+    register(bench_app)
+    register(bench_app)  # idempotent
+    assert [c.name for c in bench_app.registered_commands].count("cdnow") == 1
+    out = CliRunner().invoke(app, ["bench", "cdnow", "--help"])
+    assert out.exit_code == 0, out.output
+    assert "--customers" in out.output
