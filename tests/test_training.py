@@ -32,22 +32,24 @@ def test_labels_use_only_the_window_after_as_of(tmp_path):
         tmp_path,
         [
             ("A", "2025-01-10", "purchase", 10.0),
-            ("A", "2025-02-01 00:00", "purchase", 10.0),  # exactly at as_of: not in window
-            ("A", "2025-03-03", "purchase", 10.0),  # exactly at as_of + 30 d: in window
+            ("A", "2025-03-03", "purchase", 10.0),  # exactly at as_of + 30 d: not in window
             ("B", "2025-01-20", "purchase", 5.0),
+            ("B", "2025-03-03", "purchase", 5.0),  # also at as_of + 30 d
             ("B", "2025-02-10", "web_visit", 30.0),  # activity but not a purchase
             ("C", "2025-01-25", "web_visit", 30.0),  # a prospect
-            ("C", "2025-02-15", "purchase", 20.0),
+            ("C", "2025-02-01 00:00", "purchase", 20.0),  # exactly at as_of: in window
+            ("D", "2025-01-05", "purchase", 20.0),
+            ("D", "2025-02-20", "purchase", 20.0),
             ("Z", "2025-06-01", "web_visit", 1.0),  # the data end
         ],
     )
     params = load_params(overrides=("labels.churn_activity_types=[purchase]",))
     as_of = [T("2025-02-01", tz="UTC")]
     app = make_labels(events, None, as_of, params, "appetence").set_index("customer_id")
-    assert app["label"].to_dict() == {"A": 1, "B": 0, "C": 1}
+    assert app["label"].to_dict() == {"A": 0, "B": 0, "C": 1, "D": 1}
     churn = make_labels(events, None, as_of, params, "churn").set_index("customer_id")
     # Only customers active before as_of are in the churn population (C is a prospect).
-    assert churn["label"].to_dict() == {"A": 0, "B": 1}
+    assert churn["label"].to_dict() == {"A": 1, "B": 1, "D": 0}
 
 
 def test_only_fully_observed_windows_are_labelled(tmp_path):

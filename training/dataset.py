@@ -45,7 +45,7 @@ def time_split(frame: pd.DataFrame, params: Params) -> Split:
 
     The last ``training.test_snapshots`` as-of times are the test set; validation (early
     stopping and calibration) takes the last ``valid_snapshots`` times whose label window
-    ``(as_of, as_of + H]`` ends by the first test time; training takes every time whose
+    ``[as_of, as_of + H)`` ends by the first test time; training takes every time whose
     window ends by the first validation time. Times in between are left out.
 
     Raises:

@@ -1,12 +1,14 @@
 """Labels from observed future events only, for each as-of time and horizon H.
 
 - appetence: every contact known before ``as_of``; 1 if it makes at least one
-  conversion event (purchase) in ``(as_of, as_of + H]``.
+  conversion event (purchase) in ``[as_of, as_of + H)``.
 - churn: customers (a purchase before ``as_of``) still active (a purchase within
   ``labels.active_within_days`` before ``as_of``); 1 if no event of
-  ``labels.churn_activity_types`` happens in ``(as_of, as_of + H]``.
+  ``labels.churn_activity_types`` happens in ``[as_of, as_of + H)``.
 
 Only as-of times whose whole window is observed (``as_of + H <= end of data``) get labels.
+The window starts at the as-of time itself because features use only events strictly
+before it: each event is either a feature input or a label input, never both or neither.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def observed_until(events_path: Path) -> pd.Timestamp:
 
 
 def labelable(as_of: Sequence[pd.Timestamp], horizon_days: int, end: pd.Timestamp) -> list:
-    """The as-of times whose label window ``(as_of, as_of + H]`` ends by ``end``."""
+    """The as-of times whose label window ``[as_of, as_of + H)`` ends by ``end``."""
     h = pd.Timedelta(days=horizon_days)
     return sorted(to_utc(t) for t in as_of if to_utc(t) + h <= to_utc(end))
 
@@ -94,10 +96,12 @@ def make_labels(
     active_us = lp.active_within_days * 86_400_000_000
     target_types = [conv] if model == "appetence" else list(lp.churn_activity_types)
     target_in = ", ".join("'" + t.replace("'", "''") + "'" for t in target_types)
-    # Did a target event happen in (as_of, as_of + H]?
+    # Did a target event happen in [as_of, as_of + H)? Features use t < as_of, so every
+    # event falls in exactly one of the two (with date-stamped data, a purchase on the
+    # as-of date would otherwise be in neither).
     future = f"""
         SELECT a.as_of_us, e.customer_id FROM asofs a JOIN ev e
-          ON e.ts > a.as_of_us AND e.ts <= a.as_of_us + {h_us}
+          ON e.ts >= a.as_of_us AND e.ts < a.as_of_us + {h_us}
         WHERE e.event_type IN ({target_in}) GROUP BY ALL"""
     if model == "appetence":
         population = f"""
