@@ -411,9 +411,10 @@ def run(
 
 def _register_commands() -> None:
     # Commands of later pipeline steps live in engage/commands/ (one module per area).
-    from engage.commands import scoring
+    from engage.commands import scoring, serve
 
     scoring.register(app)
+    serve.register(app)
     try:
         from engage.commands import bench
     except ImportError:  # the benchmark extra may be absent

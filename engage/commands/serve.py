@@ -1,0 +1,146 @@
+"""``engage serve``: start the prediction service (``serving/service.py``) with BentoML.
+
+The command runs ``bentoml serve serving.service:EngageService`` in a child process on
+``serving.host`` / ``serving.port`` (127.0.0.1:3000 by default) and waits for it; Ctrl-C
+stops both. The service sees exactly the parameters this command was given
+(``--profile``, ``--params``, ``--set``): they are written to
+``<data dir>/bentoml/serve-params.yaml`` and passed as ``$ENGAGE_PARAMS``, with
+``$ENGAGE_DATA_DIR`` set to the resolved data directory. BentoML's home stays under the
+data directory (``$BENTOML_HOME`` = ``<data dir>/bentoml`` unless already set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from engage.cli import Context
+
+SERVICE = "serving.service:EngageService"
+console = Console()
+
+
+def serve_env(c: Context, now: str | None = None, workers: int | None = None) -> dict[str, str]:
+    """Environment of the service process for the CLI context ``c``.
+
+    Args:
+        c: the CLI context (parsed params and resolved paths).
+        now: fixed reference time for the stale-feature flag (ISO-8601), or None.
+        workers: service worker processes (default: one per core).
+
+    Raises:
+        ValueError: ``now`` is not an ISO-8601 time.
+
+    """
+    from serving.online import NOW_ENV, parse_now
+
+    home = c.paths.data_dir / "bentoml"
+    home.mkdir(parents=True, exist_ok=True)
+    effective = home / "serve-params.yaml"
+    doc = c.params.model_dump(mode="json", exclude={"profile"})
+    effective.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = dict(os.environ)
+    env.update(
+        ENGAGE_PARAMS=str(effective),
+        # The profile is already applied in the written file; applying it again fails.
+        ENGAGE_PROFILE="",
+        ENGAGE_DATA_DIR=str(c.paths.data_dir),
+        MLFLOW_DISABLE_TELEMETRY="true",
+        BENTOML_DO_NOT_TRACK="true",
+        DO_NOT_TRACK="true",
+        FEAST_USAGE="False",
+    )
+    env.setdefault("BENTOML_HOME", str(home))
+    if now is not None:
+        parse_now(now)
+        env[NOW_ENV] = now
+    if workers is not None:
+        # BentoML's JSON config overrides, merged into any the caller already set.
+        overrides = json.loads(env.get("BENTOML_CONFIG_OVERRIDES") or "{}")
+        service = overrides.setdefault("services", {}).setdefault("engage", {})
+        service["workers"] = workers
+        env["BENTOML_CONFIG_OVERRIDES"] = json.dumps(overrides)
+    return env
+
+
+def serve_command(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: serving.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port (default: serving.port).", min=1, max=65535),
+    ] = None,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            help="Fixed reference time for the stale-feature flag (ISO-8601), e.g. to "
+            "serve simulated data as if it were fresh.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (default: one per CPU core).", min=1),
+    ] = None,
+) -> None:
+    """Start the prediction service (POST /predict, /predict_features, /at_risk)."""
+    c: Context = ctx.obj
+    host = host or c.params.serving.host
+    port = port or c.params.serving.port
+    try:
+        env = serve_env(c, now, workers)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if host not in ("127.0.0.1", "localhost", "::1") and not env.get(c.params.serving.api_key_env):
+        console.print(
+            f"[yellow]warning:[/yellow] listening on {escape(host)} without an API key "
+            f"(set ${c.params.serving.api_key_env})"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(c.paths.root),
+    ]
+    console.print(
+        f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir})"
+    )
+    child = subprocess.Popen(cmd, env=env, cwd=c.paths.root)
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        # The server got the same Ctrl-C: let it stop its workers itself (killing it
+        # here would orphan them).
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.wait()
+        return
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to ``app`` (idempotent)."""
+    if "serve" not in {c.name for c in app.registered_commands}:
+        app.command("serve")(serve_command)

@@ -1,0 +1,358 @@
+"""Request and response models of the prediction service (``serving/service.py``).
+
+Every field carries a description and an example, so the OpenAPI page BentoML generates
+(``GET /`` and ``GET /docs.json``) documents the API. Requests are strict: unknown keys,
+strings where numbers are expected (``"0.5"``), booleans where numbers are expected and
+non-finite numbers (``NaN``, ``Infinity``, ``1e999``) are rejected with the field's path,
+instead of being coerced into something the caller did not mean.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from serving.index import STAGES
+from serving.segments import SEGMENTS
+
+Stage = Literal[STAGES]
+Segment = Literal[SEGMENTS]
+CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# A feature value sent by the caller: a finite number, or null for "not observed" (e.g.
+# days_since_last_purchase of a prospect). Strict: "3" or true is a type error, not 3.
+FeatureValue = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
+MAX_TOP_K = 20
+
+_EXAMPLE_VERSIONS = {"churn": "3", "appetence": "2"}
+_EXAMPLE_REASON = {
+    "feature": "days_since_last_email_open",
+    "value": 45.0,
+    "typical": 6.0,
+    "contribution": 0.82,
+    "direction": "raises",
+    "text": "days since the last email open: 45 (typical customer: 6); raises the churn risk",
+}
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Reason(_Response):
+    """One of the top-k SHAP contributions behind a contact's stage."""
+
+    feature: str = Field(
+        description="Feature name (see the Feast feature views).",
+        examples=["days_since_last_email_open"],
+    )
+    value: float | None = Field(
+        description="The contact's value of the feature; null when not observed.",
+        examples=[45.0],
+    )
+    typical: float | None = Field(
+        description=(
+            "Median of the feature over the contacts of the same half (customers for the "
+            "churn model, prospects for the appetence model) in the latest snapshot; null "
+            "when nobody has a value."
+        ),
+        examples=[6.0],
+    )
+    contribution: float = Field(
+        description=(
+            "TreeSHAP contribution to the deciding model's margin, in log-odds. Reasons are "
+            "ordered by |contribution|, largest first."
+        ),
+        examples=[0.82],
+    )
+    direction: Literal["raises", "lowers"] = Field(
+        description=(
+            "Whether the feature raises or lowers the deciding probability (churn risk for "
+            "a customer, purchase readiness for a prospect)."
+        ),
+        examples=["raises"],
+    )
+    text: str = Field(
+        description="The reason as a sentence.",
+        examples=[_EXAMPLE_REASON["text"]],
+    )
+
+
+_EXPLAIN = Field(
+    default=False,
+    description="Also return the top-k reasons (TreeSHAP contributions) behind each stage.",
+    examples=[True],
+)
+_TOP_K = Field(
+    default=3,
+    ge=1,
+    le=MAX_TOP_K,
+    description=(
+        f"Reasons per contact when `explain` is true (1 to {MAX_TOP_K}; capped at the "
+        "model's number of features)."
+    ),
+    examples=[3],
+)
+
+
+class PredictRequest(_Request):
+    """Score contacts by id, with the latest features of the Feast online store."""
+
+    customer_ids: list[CustomerId] = Field(
+        min_length=1,
+        description=(
+            "Contacts to score, 1 to `serving.max_ids` (params.yaml; 500 by default) ids, "
+            "answered in the same order. Duplicates are scored once per occurrence."
+        ),
+        examples=[["C0000001", "C0000042"]],
+    )
+    explain: bool = _EXPLAIN
+    top_k: int = _TOP_K
+
+
+class _Scores(_Response):
+    p_purchase: float | None = Field(
+        description=(
+            "Calibrated probability that the contact makes a purchase within the label "
+            "horizon (appetence model, every known contact). Null for an unknown customer."
+        ),
+        examples=[0.12],
+    )
+    p_churn: float | None = Field(
+        description=(
+            "Calibrated probability that the customer churns within the label horizon "
+            "(churn model, customers only). Null for a prospect (no purchase yet) and for "
+            "an unknown customer."
+        ),
+        examples=[0.64],
+    )
+    stage: Stage = Field(
+        description=(
+            "Stage on the engagement dial: Nurture or Purchase for a prospect (decided by "
+            "p_purchase and index.tau_purchase), Retention or Exit for a customer "
+            "(p_churn and index.tau_churn). An unknown customer is placed in Nurture."
+        ),
+        examples=["Exit"],
+    )
+    engagement_score: float | None = Field(
+        description=(
+            "0-100, higher = more engaged: 100 x p_purchase for a prospect, "
+            "100 x (1 - p_churn) for a customer. Null for an unknown customer."
+        ),
+        examples=[36.0],
+    )
+    dial_position: float | None = Field(
+        description=(
+            "Position on the dial, 0-100: Nurture [0, 25), Purchase [25, 50), "
+            "Retention [50, 75), Exit [75, 100]. Null for an unknown customer."
+        ),
+        examples=[82.0],
+    )
+    segment: Segment = Field(
+        description=(
+            "Lifecycle segment (first matching rule of serving/segments.py). An unknown "
+            "customer is placed in New."
+        ),
+        examples=["Hero"],
+    )
+    clv: float = Field(
+        description=(
+            "Customer lifetime value: average order value x purchases per year x "
+            "value.lifespan_years; 0 for a prospect and for an unknown customer."
+        ),
+        examples=[1250.0],
+    )
+    value_at_risk: float = Field(
+        description="p_churn x CLV; 0 for a prospect and for an unknown customer.",
+        examples=[800.0],
+    )
+    reasons: list[Reason] | None = Field(
+        default=None,
+        description=(
+            "Top-k reasons of the deciding model (churn for a customer, appetence for a "
+            "prospect), largest |contribution| first. Null unless `explain` is true; an "
+            "empty list for an unknown customer."
+        ),
+        examples=[[_EXAMPLE_REASON]],
+    )
+    model_versions: dict[str, str] = Field(
+        description="Registry versions of the champion models used (models:/<name>@champion).",
+        examples=[_EXAMPLE_VERSIONS],
+    )
+
+
+class Prediction(_Scores):
+    """The prediction for one requested id."""
+
+    customer_id: str = Field(description="The requested id.", examples=["C0000001"])
+    status: Literal["ok", "unknown_customer"] = Field(
+        description=(
+            "`ok`, or `unknown_customer` when the online store has no features for the id "
+            "(never seen, or older than the feature TTL). An unknown customer is a new "
+            "prospect: stage Nurture, segment New, probabilities, engagement score and dial "
+            "position null, CLV and value at risk 0. The request does not fail."
+        ),
+        examples=["ok"],
+    )
+    features_as_of: datetime | None = Field(
+        description=(
+            "As-of time (UTC) of the feature snapshot the prediction used: features are "
+            "computed from events strictly before it. Null for an unknown customer."
+        ),
+        examples=["2026-01-01T00:00:00Z"],
+    )
+    stale: bool = Field(
+        description=(
+            "True when features_as_of is more than serving.stale_after_hours (params.yaml) "
+            "before the reference time (`reference_time` of the response): the snapshot "
+            "should be rebuilt and materialised. False for an unknown customer."
+        ),
+        examples=[False],
+    )
+
+
+class PredictResponse(_Response):
+    """Predictions in the order of the requested ids."""
+
+    predictions: list[Prediction] = Field(description="One entry per requested id, in order.")
+    model_versions: dict[str, str] = Field(
+        description="Registry versions of the champion models used.",
+        examples=[_EXAMPLE_VERSIONS],
+    )
+    reference_time: datetime = Field(
+        description=(
+            "The time staleness is measured against: the server's clock, or the fixed "
+            "time of $ENGAGE_SERVING_NOW when set (replays, tests)."
+        ),
+        examples=["2026-01-02T09:30:00Z"],
+    )
+
+
+class PredictFeaturesRequest(_Request):
+    """Score contacts from feature values sent by the caller (no Feast lookup)."""
+
+    rows: list[dict[str, FeatureValue]] = Field(
+        min_length=1,
+        description=(
+            "1 to `serving.max_ids` rows, each mapping every feature the models need (and "
+            "the segment and value inputs; GET /ready lists them) to a finite number or "
+            "null (not observed). `has_purchased` must be 0 or 1. A missing, unknown or "
+            "ill-typed feature (string, boolean, NaN, Infinity) is a 400 naming it."
+        ),
+        examples=[[{"has_purchased": 1, "days_since_last_purchase": 12.5, "...": 0}]],
+    )
+    explain: bool = _EXPLAIN
+    top_k: int = _TOP_K
+
+
+class FeaturePrediction(_Scores):
+    """The prediction for one row of features."""
+
+    row: int = Field(description="Index of the row in the request.", examples=[0])
+
+
+class PredictFeaturesResponse(_Response):
+    """Predictions in the order of the rows sent."""
+
+    predictions: list[FeaturePrediction] = Field(description="One entry per row, in order.")
+    model_versions: dict[str, str] = Field(
+        description="Registry versions of the champion models used.",
+        examples=[_EXAMPLE_VERSIONS],
+    )
+
+
+class AtRiskRequest(_Request):
+    """Query the at-risk list of the latest batch scoring run (`engage score`)."""
+
+    limit: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Maximum number of customers returned, highest value at risk first.",
+        examples=[20],
+    )
+    segment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description=(
+            "Keep one lifecycle segment only (case, '-' and '_' are ignored: 'at-risk' = "
+            f"'At risk'). One of: {', '.join(SEGMENTS)}."
+        ),
+        examples=["Hero"],
+    )
+    min_value_at_risk: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Keep customers with value_at_risk >= this amount.",
+        examples=[100.0],
+    )
+
+
+class AtRiskContact(_Response):
+    """A customer of the at-risk list."""
+
+    customer_id: str = Field(description="The customer.", examples=["C0000042"])
+    p_churn: float = Field(description="Calibrated churn probability.", examples=[0.71])
+    stage: Stage = Field(description="Stage on the dial (Retention or Exit).", examples=["Exit"])
+    segment: Segment = Field(description="Lifecycle segment.", examples=["Hero"])
+    clv: float = Field(description="Customer lifetime value.", examples=[1400.0])
+    value_at_risk: float = Field(description="p_churn x CLV.", examples=[994.0])
+    reasons: list[str] = Field(
+        description="Up to 3 reasons behind the churn risk, as sentences.",
+        examples=[[_EXAMPLE_REASON["text"]]],
+    )
+    action: str = Field(
+        description="Suggested next action for the stage and segment.",
+        examples=["account-manager call: save a high-value customer"],
+    )
+
+
+class AtRiskResponse(_Response):
+    """Customers by value at risk, from one batch scoring run."""
+
+    run_id: str = Field(description="The scoring run listed.", examples=["20260101-1a2b3c4d"])
+    as_of: datetime = Field(
+        description="As-of time of the snapshot the run scored.",
+        examples=["2026-01-01T00:00:00Z"],
+    )
+    scored_at: datetime = Field(
+        description="When the run was scored.", examples=["2026-01-01T06:00:00Z"]
+    )
+    model_versions: dict[str, str] = Field(
+        description="Model versions the run used.", examples=[_EXAMPLE_VERSIONS]
+    )
+    contacts: list[AtRiskContact] = Field(description="Highest value at risk first.")
+
+
+class ModelInfo(_Response):
+    """A loaded champion model."""
+
+    version: str = Field(description="Registry version.", examples=["3"])
+    uri: str = Field(
+        description="Registry URI it was loaded from.", examples=["models:/churn@champion"]
+    )
+    features: int = Field(description="Number of input features.", examples=[74])
+
+
+class Readiness(_Response):
+    """What the service loaded at start-up (GET /ready)."""
+
+    status: Literal["ready"] = Field(description="Always `ready` when answered.")
+    models: dict[str, ModelInfo] = Field(description="The champion models, by name.")
+    features_as_of: datetime | None = Field(
+        description="As-of time of the latest stored feature snapshot at start-up.",
+        examples=["2026-01-01T00:00:00Z"],
+    )
+    feature_names: list[str] = Field(
+        description="The features POST /predict_features expects in every row."
+    )
+    api_key_required: bool = Field(
+        description="Whether the prediction endpoints require an API key."
+    )
+    max_ids: int = Field(description="Most ids (or rows) accepted per request.", examples=[500])
