@@ -1,9 +1,10 @@
 """The list of behavioural features, derived from ``params.yaml``.
 
 One :class:`FeatureSpec` per column: its name, Feast view, type, description and the
-DuckDB aggregate that computes it. Everything downstream (the SQL build, the pandas
-reference, the Feast feature views and services, the models) reads this list, so adding
-an event type or a window to ``params.yaml`` adds features without code.
+DuckDB expression that computes it from a few statistics per event type. Everything
+downstream (the SQL build, the pandas reference, the Feast feature views and services,
+the models) reads this list, so adding an event type or a window to ``params.yaml`` adds
+features without code.
 
 Conventions: ``age`` is the age of an event at the as-of time in days (always > 0,
 because only events strictly before ``as_of`` are used); a window of ``w`` days holds the
@@ -12,6 +13,7 @@ events with ``age <= w``, i.e. ``as_of - w days <= event_time < as_of``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,18 +34,21 @@ ENTITY_KEY = "customer_id"
 SNAPSHOT_TIME = "snapshot_epoch_s"
 TIMESTAMP = "event_timestamp"
 CREATED = "created_timestamp"
+DAY_US = 86_400_000_000  # one day in microseconds, the unit of every stored time
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """A feature: the SQL aggregate over the events of one customer before ``as_of``.
+    """A feature: a SQL expression over the events of one customer before ``as_of``.
 
     Attributes:
         name: column name.
         view: the Feast feature view it belongs to.
         dtype: ``int`` (counts, flags; 0 when nothing happened) or ``float`` (may be null).
         description: plain-language meaning, shown in Feast and in explanations.
-        sql: DuckDB aggregate over the per-type statistics (see :func:`type_stats_sql`).
+        sql: DuckDB expression over one customer's per-type statistics, the columns
+            ``"<event type>.<stat>"`` (see ``features.aggregates.STATS``), and
+            ``$as_of_us`` (the as-of time in epoch µs).
         zero: the value of a customer with no event at all is 0 (counts, sums), not null.
 
     """
@@ -56,10 +61,6 @@ class FeatureSpec:
     zero: bool = False
 
 
-def _q(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def stat_windows(params: Params) -> list[int]:
     """Every window (days) a per-type count or sum is needed for."""
     fp = params.features
@@ -67,43 +68,51 @@ def stat_windows(params: Params) -> list[int]:
     return sorted({*fp.windows_days, *fp.rfm_windows_days, d, 2 * d})
 
 
-def type_stats_sql(params: Params) -> str:
-    """Stage 1: per customer and event type, the few statistics every feature is made of.
+# A per-type statistic is the column "<event type>.<stat>" of the builder's statistics table.
+# Event types are identifiers and stats have no dot, so the name splits back unambiguously.
+_STAT_COLUMN = re.compile(r'"([a-z][a-z0-9_]*)\.([a-z][a-z0-9_]*)"')
 
-    Grouping by (customer, type) first and pivoting afterwards evaluates a handful of
-    filtered aggregates per event instead of one per feature (~10x faster).
-    """
-    parts = [
-        "count(*) AS n_all",
-        "sum(value) AS s_all",
-        "avg(value) AS avg_value",
-        "min(age) AS min_age",
-        "max(age) AS max_age",
-        "min(ts) AS min_ts",
-        # Ties on age are broken by the larger value, so the result is deterministic.
-        "arg_min(value, (age, -value)) AS last_value",
-    ]
-    for w in stat_windows(params):
-        parts.append(f"count(*) FILTER (WHERE age <= {w}) AS n_{w}")
-        parts.append(f"sum(value) FILTER (WHERE age <= {w}) AS s_{w}")
-    return ",\n    ".join(parts)
+
+def _col(stat: str, t: str) -> str:
+    return f'"{t}.{stat}"'
+
+
+def stat_columns(specs: list[FeatureSpec]) -> list[tuple[str, str]]:
+    """The ``(event type, stat)`` pairs the feature SQL reads, in order of first use."""
+    seen: dict[tuple[str, str], None] = {}
+    for spec in specs:
+        for t, stat in _STAT_COLUMN.findall(spec.sql):
+            seen.setdefault((t, stat), None)
+    return list(seen)
+
+
+def _age(ts: str) -> str:
+    # Same arithmetic as a per-event age, (as_of - ts) / 1 day, so results are identical.
+    return f"(($as_of_us - {ts}) / {DAY_US}::DOUBLE)"
 
 
 def _of(stat: str, t: str) -> str:
-    # Stage 2 has at most one row per (customer, type): max() just picks it.
-    return f"max({stat}) FILTER (WHERE event_type = {_q(t)})"
+    # Ages are derived from the extreme times: the last event has the smallest age.
+    if stat == "min_age":
+        return _age(_col("max_ts", t))
+    if stat == "max_age":
+        return _age(_col("min_ts", t))
+    if stat == "avg_value":
+        return f"({_col('s_all', t)} / nullif({_col('n_val', t)}, 0))"
+    return _col(stat, t)
 
 
 def _n(t: str, w: int | None = None) -> str:
-    return f"coalesce({_of('n_all' if w is None else f'n_{w}', t)}, 0)"
+    # Counts and sums are 0, not null, for a type the customer never did.
+    return _col("n_all" if w is None else f"n_{w}", t)
 
 
 def _s(t: str, w: int | None = None) -> str:
-    return f"coalesce({_of('s_all' if w is None else f's_{w}', t)}, 0)"
+    return _col("s_all" if w is None else f"s_{w}", t)
 
 
-def _n_in(types: str, w: int) -> str:
-    return f"coalesce(sum(n_{w}) FILTER (WHERE event_type IN ({types})), 0)"
+def _n_in(types: list[str], w: int) -> str:
+    return "(" + " + ".join(_n(t, w) for t in types) + ")" if types else "0"
 
 
 def _gap(t: str) -> str:
@@ -118,12 +127,12 @@ def _trend(a: str, b: str) -> str:
 def feature_specs(params: Params) -> list[FeatureSpec]:
     """All features for the event vocabulary, windows and rates in ``params``.
 
-    Each ``sql`` is a stage-2 aggregate over the per-type statistics of
-    :func:`type_stats_sql` (one row per customer and event type).
+    Each ``sql`` is a scalar expression over one customer's row of per-type statistics,
+    one column ``"<type>.<stat>"`` each (see :func:`stat_columns` and
+    ``features.aggregates.STATS``).
     """
     fp, conv = params.features, params.data.conversion_event
     active = [t for t in params.data.event_types if t not in fp.passive_event_types]
-    active_in = ", ".join(_q(t) for t in active) or "NULL"
     specs: list[FeatureSpec] = [
         FeatureSpec(
             SNAPSHOT_TIME, RFM, "float", "as-of time of the snapshot (epoch seconds)", "NULL"
@@ -173,7 +182,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             RFM,
             "float",
             "days since the contact last did anything (sent e-mails excluded)",
-            f"min(min_age) FILTER (WHERE event_type IN ({active_in}))",
+            # least() skips nulls: the most recent of the types the contact did.
+            f"least({', '.join(_of('min_age', t) for t in active)})" if active else "NULL",
         ),
     ]
     for w in fp.rfm_windows_days:
@@ -286,7 +296,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             )
         )
     if active:
-        recent, both = _n_in(active_in, d), _n_in(active_in, 2 * d)
+        recent, both = _n_in(active, d), _n_in(active, 2 * d)
         specs.append(
             FeatureSpec(
                 f"activity_trend_{d}d",
