@@ -334,6 +334,9 @@ class FeatureBuilder:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        # Spill next to the data, never into the caller's current directory.
+        spill = Path(self.events_path).resolve().parent / ".duckdb_tmp"
+        con.execute(f"SET temp_directory = '{spill}'")
         con.execute(f"SET threads = {self.threads or os.cpu_count() or 2}")
         return con
 

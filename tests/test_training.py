@@ -21,7 +21,8 @@ T = pd.Timestamp
 
 def _write(tmp_path, rows):
     df = pd.DataFrame(rows, columns=["customer_id", "event_time", "event_type", "value"])
-    df["event_time"] = pd.to_datetime(df["event_time"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+    times = pd.to_datetime(df["event_time"], utc=True, format="ISO8601")
+    df["event_time"] = times.astype("datetime64[us, UTC]")
     df["event_id"] = [str(i) for i in range(len(df))]
     df.to_parquet(tmp_path / "events.parquet")
     return tmp_path / "events.parquet"
