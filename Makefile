@@ -37,7 +37,8 @@ install-dev: $(DEV_STAMP) ## install with the dev extras (pytest, ruff, nbclient
 run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
 	$(BIN)/engage run
 
-test: $(DEV_STAMP) ## fresh machine -> passing test suite
+test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(DEV_STAMP) ## ruff check and format check
