@@ -14,19 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
 from engage.config import ConfigError, Params, Paths, load_params, resolve_paths
+from engage.ui import console, progress
 
 # Everything runs offline: no telemetry from the ML libraries.
 for _var, _val in (
@@ -38,7 +30,6 @@ for _var, _val in (
 ):
     os.environ.setdefault(_var, _val)
 
-console = Console()
 app = typer.Typer(
     help="Churn and appetence prediction on an engagement index.",
     no_args_is_help=True,
@@ -85,18 +76,6 @@ def main(
     ctx.obj = Context(params, resolve_paths(params))
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 @contextmanager
 def _step(title: str):
     start = time.perf_counter()
@@ -117,7 +96,7 @@ def _simulate(c: Context, customers: int | None, days: int | None, seed: int | N
     from engage.data.simulate import simulate_to_parquet
 
     n = customers or c.params.simulate.customers
-    with _progress() as bar:
+    with progress() as bar:
         task = bar.add_task(f"simulating {n:,} contacts", total=n)
         summary = simulate_to_parquet(
             c.params.simulate,
@@ -236,7 +215,7 @@ def _build_features(c: Context, as_of: list[str] | None) -> None:
     from features.store import apply_repo, get_store, materialize_snapshot
 
     customers = c.paths.customers if c.paths.customers.exists() else None
-    with _progress() as bar:
+    with progress() as bar:
         task = bar.add_task("computing snapshots", total=None)
 
         def tick(_t) -> None:

@@ -11,22 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
+
+from engage.ui import console, progress
 
 if TYPE_CHECKING:
     from engage.cli import Context
-
-console = Console()
 
 
 def _obj(ctx: typer.Context) -> Context:
@@ -60,14 +51,7 @@ def score_command(
     from serving.scoring import score
 
     c = _obj(ctx)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with progress() as bar:
         task = bar.add_task("scoring contacts", total=None)
 
         def tick(done: int, total: int) -> None:
