@@ -68,7 +68,7 @@ from training.baselines import rfm_score
 from training.dataset import audit_against_events, check_feature_times
 from training.evaluate import probability_metrics, ranking_metrics
 from training.labels import LABEL
-from training.model import Calibrator, EngageModel, fit_booster
+from training.model import EngageModel, fit_booster, fit_engage_model
 from training.train import training_frame
 
 COMMAND = ".venv/bin/python -m benchmarks.bench_cdnow"
@@ -344,15 +344,15 @@ def train_horizon_model(
     for name, y in (("train", ytr), ("valid", yva)):
         if len(np.unique(y)) < 2:
             raise ValueError(f"cdnow {split.name}: the {name} rows have a single class")
-    Xtr, Xva = train[features].astype(float), valid[features].astype(float)
-    booster = fit_booster(Xtr, ytr, Xva, yva, tp.lightgbm, tp.seed)
-    calibrator = Calibrator(tp.calibration).fit(booster.predict(Xva, raw_score=True), yva)
-    model = EngageModel(
-        name=MODEL,
-        features=features,
-        booster=booster,
-        calibrator=calibrator,
-        feature_service=MODEL_SERVICES[MODEL],
+    model = fit_engage_model(
+        MODEL,
+        features,
+        train,
+        ytr,
+        valid,
+        yva,
+        tp,
+        MODEL_SERVICES[MODEL],
         metadata={"horizon_days": params.labels.horizon_days},
     )
     return TrainedHorizonModel(
@@ -363,7 +363,7 @@ def train_horizon_model(
         label_as_of=times,
         window_end_max=window_end,
         positive_rate=float(frame[LABEL].mean()),
-        best_iteration=booster.current_iteration(),
+        best_iteration=model.booster.current_iteration(),
     )
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from engage.config import LightGBMParams
+from engage.config import LightGBMParams, TrainingParams
 
 
 class FeatureMismatchError(ValueError):
@@ -137,3 +137,28 @@ def fit_booster(
     # served, explained) uses the same model without remembering best_iteration.
     best = booster.best_iteration or booster.current_iteration()
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def fit_engage_model(
+    name: str,
+    features: list[str],
+    train_X: pd.DataFrame,
+    train_y: np.ndarray,
+    valid_X: pd.DataFrame,
+    valid_y: np.ndarray,
+    params: TrainingParams,
+    feature_service: str,
+    metadata: dict | None = None,
+) -> EngageModel:
+    """LightGBM with early stopping on the validation rows, then calibrated on them."""
+    Xtr, Xva = train_X[features].astype(float), valid_X[features].astype(float)
+    booster = fit_booster(Xtr, train_y, Xva, valid_y, params.lightgbm, params.seed)
+    calibrator = Calibrator(params.calibration).fit(booster.predict(Xva, raw_score=True), valid_y)
+    return EngageModel(
+        name=name,
+        features=features,
+        booster=booster,
+        calibrator=calibrator,
+        feature_service=feature_service,
+        metadata=metadata or {},
+    )

@@ -25,7 +25,7 @@ from training.baselines import logistic_baseline, rfm_score
 from training.dataset import Split, audit_against_events, check_feature_times, time_split
 from training.evaluate import plot_curves, plot_importance, probability_metrics, ranking_metrics
 from training.labels import LABEL, Model, make_labels
-from training.model import Calibrator, EngageModel, fit_booster
+from training.model import EngageModel, fit_engage_model
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -184,16 +184,8 @@ def train_model(
             raise ValueError(f"{model}: the {name} split has a single class; more data needed")
 
     say("LightGBM")
-    booster = fit_booster(Xtr.astype(float), ytr, Xva.astype(float), yva, tp.lightgbm, tp.seed)
-    margin_va = booster.predict(Xva.astype(float), raw_score=True)
-    calibrator = Calibrator(tp.calibration).fit(margin_va, yva)
-    engage_model = EngageModel(
-        name=model,
-        features=features,
-        booster=booster,
-        calibrator=calibrator,
-        feature_service=MODEL_SERVICES[model],
-    )
+    engage_model = fit_engage_model(model, features, Xtr, ytr, Xva, yva, tp, MODEL_SERVICES[model])
+    booster = engage_model.booster
     p_test = engage_model.predict_proba(Xte)
 
     say("baselines")
