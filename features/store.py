@@ -26,7 +26,7 @@ from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP, VIEWS, feature_spec
 os.environ.setdefault("FEAST_USAGE", "False")  # no usage telemetry: everything runs offline
 
 MODEL_SERVICES = {"churn": "churn_v1", "appetence": "appetence_v1"}
-MATERIALIZE_CHUNK_ROWS = 20_000  # Feast holds ~0.7 KB per value written: ~0.5 GB a chunk
+MATERIALIZE_CHUNK_ROWS = 20_000  # Feast's own write path holds ~0.7 KB per value: ~0.5 GB a chunk
 # The parameters and paths of the apply_repo call in progress: the repo files read them
 # through _context(), so they follow the caller's profile, --set overrides and data dir.
 _applying: tuple[Params, Paths] | None = None
@@ -151,12 +151,12 @@ def materialize_snapshot(
 ) -> int:
     """Load the snapshot at ``as_of`` into the online store (rerun = overwrite, per key).
 
-    ``store.materialize`` turns a whole feature view into Python objects at once: more
-    than 17 GB for a million contacts. The snapshot file is instead passed in chunks of
-    ``chunk_rows`` contacts to ``store.write_to_online_store``, the same online write, so
-    memory stays under 1 GB. The time is Feast's either way: one SQLite row per contact
-    and feature, ~1.5 ms a contact (25 min and a 17 GB file for a million).
-    Unlike materialize, this does not record a materialization interval in the registry
+    The snapshot file is read in chunks of ``chunk_rows`` contacts, so memory stays flat.
+    With the project's :class:`~features.online_store.PackedSqliteOnlineStore` each chunk
+    goes straight from the DataFrame to SQLite (one row per contact and view, ~60x faster
+    than Feast's per-value path); any other online store configured in
+    ``feature_store.yaml`` gets the same rows through ``store.write_to_online_store``.
+    Unlike ``store.materialize`` this records no materialization interval in the registry
     (only ``feast materialize-incremental`` reads it).
 
     Returns:
@@ -166,6 +166,11 @@ def materialize_snapshot(
         FileNotFoundError: no snapshot was built at ``as_of``.
 
     """
+    from features.online_store import PackedSqliteOnlineStore, entity_key_bytes
+
+    online = store._get_provider().online_store
+    packed = isinstance(online, PackedSqliteOnlineStore)
+    version = store.config.entity_key_serialization_version
     views: dict[Path, list] = {}
     for view in store.list_feature_views():
         if view.online:
@@ -183,9 +188,13 @@ def materialize_snapshot(
         size = max(1, -(-n // -(-n // chunk_rows))) if n else chunk_rows
         for batch in file.iter_batches(batch_size=size):
             frame = batch.to_pandas()
+            keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
             for view in group:
-                names = [ENTITY_KEY, TIMESTAMP, CREATED, *(f.name for f in view.features)]
-                store.write_to_online_store(view.name, frame[names])
+                if packed:
+                    online.write_frame(store.config, view, frame, keys, TIMESTAMP, CREATED)
+                else:
+                    names = [ENTITY_KEY, TIMESTAMP, CREATED, *(f.name for f in view.features)]
+                    store.write_to_online_store(view.name, frame[names])
             rows += len(frame)
     return rows
 

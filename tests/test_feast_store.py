@@ -262,6 +262,20 @@ def test_online_features_equal_the_latest_offline_snapshot(built):
     assert unknown[names].isna().all().all()
 
 
+def test_feast_materialize_writes_what_the_fast_path_writes(built):
+    # `feast materialize` goes through Feast's protobuf rows (online_write_batch) instead
+    # of the DataFrame path of materialize_snapshot: the online values must not change.
+    latest = _latest_snapshot(built)
+    ids = list(latest.index[:500])
+    store = built.store
+    before = online_features(store, ids, "churn")
+    store.materialize(built.snapshots[-1] - US, built.snapshots[-1] + US)
+    after = online_features(store, ids, "churn")
+    names = feature_names(built.params)
+    _assert_same_features(after, before, names)
+    _assert_same_features(after, latest.loc[ids].reset_index(), names)
+
+
 def test_rebuild_apply_materialize_is_idempotent(built):
     before_rows = len(built.features())
     ids = list(_latest_snapshot(built).index[:300])
