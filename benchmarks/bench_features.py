@@ -8,9 +8,9 @@ measurement then runs in a fresh Python process, so each peak RSS is its own:
 * **build, K snapshots**: the K most recent as-of times, ``--every-days`` apart (28, as in
   the scale pipeline); the marginal cost of one more snapshot is read from the
   progress callbacks;
-* **Feast apply + materialize** of the latest snapshot into the SQLite online store, on
-  the pandas input below: Feast writes one SQLite row per contact and feature from
-  Python, ~1.5 ms and ~17 KB a contact (a million contacts: 25 min and a 17 GB file);
+* **Feast apply + materialize** of the latest snapshot into the configured online store
+  (``features.online_store.PackedSqliteOnlineStore``), on the pandas input below;
+  ``benchmarks/bench_online_store.py`` compares it with Feast's stock SQLite store;
 * **pandas reference, 1 snapshot**: :func:`features.reference.reference_snapshot`, the
   straightforward pandas implementation, after reading the same events into pandas.
   Beyond ``--pandas-customers`` contacts it runs on a subsample of every n-th contact
@@ -254,8 +254,7 @@ def bench_size(root: Path, customers: int, args: argparse.Namespace) -> dict:
     print(f"  build 1 snapshot: {result['one']['seconds']:.1f} s", flush=True)
     result["many"] = run_in_subprocess("build", str(folder), k, e, "1" if every == 1 else "0")
     print(f"  build {k} snapshots: {result['many']['seconds']:.1f} s", flush=True)
-    # The builder again on the pandas input; its snapshot stays there for Feast, whose
-    # online write is linear in contacts (~1.5 ms each): 1 M contacts take ~25 min.
+    # The builder again on the pandas input; its snapshot stays there for Feast.
     result["same_input"] = (
         result["one"] if every == 1 else run_in_subprocess("build", str(pandas_dir), "1", e, "1")
     )
