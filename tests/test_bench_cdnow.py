@@ -152,3 +152,52 @@ def test_cli_registers_cdnow():
     out = CliRunner().invoke(app, ["bench", "cdnow", "--help"])
     assert out.exit_code == 0, out.output
     assert "--customers" in out.output
+
+
+def test_history_matrix_counts_weeks_back_from_the_as_of_time():
+    from benchmarks.bench_cdnow import history_matrix
+
+    as_of = pd.Timestamp("1997-10-01", tz="UTC")
+    day = pd.Timedelta(days=1)
+    cal = pd.DataFrame(
+        {
+            # a: two lines on 09-30 (one purchase day), one on 09-24 (7 days back: still
+            # week 0), one on 09-23 (8 days back: week 1); b's only line is at the as-of
+            # time itself, which is not history.
+            "customer_id": ["a", "a", "a", "a", "b"],
+            "event_time": [as_of - day, as_of - day, as_of - 7 * day, as_of - 8 * day, as_of],
+            "value": [10.0, 5.0, 1.0, 2.0, 99.0],
+        }
+    )
+    ids = pd.Index(["a", "b", "c"], name="customer_id")
+    h = history_matrix(cal, ids, as_of)
+
+    assert list(h.index) == ["a", "b", "c"]
+    assert h.loc["a", ["n_w0", "n_w1"]].tolist() == [2, 1]
+    assert h.loc["a", ["v_w0", "v_w1"]].tolist() == [16.0, 2.0]
+    assert h.loc["a", ["x", "t_x", "T", "recency", "spend"]].tolist() == [2, 7, 8, 1, 18.0]
+    assert h.loc["b"].isna().sum() == 5 and (h.loc["b", ["n_w0", "n_w1"]] == 0).all()
+    assert h.loc["c", "n_w0"] == 0
+
+
+def test_history_ceiling_finds_a_signal_that_is_there():
+    from benchmarks.bench_cdnow import history_ceiling
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    history = pd.DataFrame(
+        {
+            "n_w0": rng.poisson(0.5, n),
+            "v_w0": rng.gamma(2.0, 10.0, n),
+            "x": rng.poisson(1.0, n),
+            "t_x": rng.integers(0, 200, n),
+            "T": rng.integers(200, 270, n),
+            "recency": rng.integers(1, 270, n),
+            "spend": rng.gamma(2.0, 30.0, n),
+        }
+    )
+    y = (rng.random(n) < 1 / (1 + np.exp(2.0 - 1.5 * history["x"]))).astype(int)
+    out = history_ceiling(history, y.to_numpy(), seed=0)
+    assert set(out) == {"gbm", "spline_logit"}
+    assert out["spline_logit"]["roc_auc"] > 0.75  # x drives the label: both must see it
+    assert out["gbm"]["roc_auc"] > 0.75
