@@ -470,11 +470,24 @@ class Explainer:
         frame = self.model.frame(X)
         if contrib is None:
             contrib = self.contributions(frame)
+        return self.reasons_matrix(frame.to_numpy(dtype="float64"), k, contrib)
+
+    def reasons_matrix(self, x: np.ndarray, k: int, contrib: np.ndarray | None = None) -> Reasons:
+        """:meth:`reasons` on a float matrix whose columns are ``self.names``, in order.
+
+        The service's hot path: no DataFrame is built when TreeSHAP is compiled.
+        """
+        if x.ndim != 2 or x.shape[1] != len(self.names):
+            raise ValueError(f"reasons_matrix: expected (rows, {len(self.names)}), got {x.shape}")
+        if contrib is None:
+            if self.tree_shap is not None:
+                contrib = self.tree_shap.contributions(x)
+            else:
+                contrib = self.model.contributions(pd.DataFrame(x, columns=self.names))[0]
         idx = top_k_indices(contrib, k)
-        values = np.take_along_axis(frame.to_numpy(dtype="float64"), idx, axis=1)
         return Reasons(
             features=idx,
-            values=values,
+            values=np.take_along_axis(x, idx, axis=1),
             contributions=np.take_along_axis(contrib, idx, axis=1),
             names=self.names,
             typical=self.typical,

@@ -31,7 +31,7 @@ import pandas as pd
 
 from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME
-from serving.explain import Explainer, Reasons, top_k_indices
+from serving.explain import Explainer
 from serving.index import NURTURE, engagement_index
 from serving.scoring import (
     Champions,
@@ -245,28 +245,11 @@ class OnlinePredictor:
     def _reasons(self, name: str, X: np.ndarray, k: int) -> list[list[dict]]:
         """Top-``k`` reasons of model ``name`` for the rows of ``X``, as dicts.
 
-        ``Explainer.reasons`` on the matrix directly when the explainer has its compiled
-        TreeSHAP (the same contributions, top-k and sentences); its frame-based path
+        ``Explainer.reasons_matrix`` on the model's columns: its frame-based ``reasons``
         reindexes and converts the inputs twice, half the cost of explaining one row.
         """
-        explainer = self.explainers[name]
         x = np.ascontiguousarray(X[:, self._model_cols[name]])
-        tree_shap = getattr(explainer, "tree_shap", None)
-        if tree_shap is None:
-            frame = pd.DataFrame(x, columns=self._model(name).features)
-            return explainer.reasons(frame, k).records()
-        contrib = tree_shap.contributions(x)
-        idx = top_k_indices(contrib, k)
-        return Reasons(
-            features=idx,
-            values=np.take_along_axis(x, idx, axis=1),
-            contributions=np.take_along_axis(contrib, idx, axis=1),
-            names=explainer.names,
-            typical=explainer.typical,
-            descriptions=explainer.descriptions,
-            who=explainer.who,
-            target=explainer.target,
-        ).records()
+        return self.explainers[name].reasons_matrix(x, k).records()
 
     def score_matrix(self, X: np.ndarray, explain: bool = False, top_k: int = 3) -> Scored:
         """Score rows of features (every row must be a known contact).

@@ -108,6 +108,22 @@ def test_arrow_and_record_forms_agree():
     assert reasons.records([3, 7]) == [arrow[3], arrow[7]]
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_reasons_matrix_equals_reasons_on_the_frame(fast):
+    model, X = tiny_churn_model()
+    explainer = Explainer(
+        model,
+        load_params(),
+        dict(zip(X.columns, typical_values(X, list(X)), strict=True)),
+        fast=fast,
+    )
+    rows = X.head(40)[list(reversed(X.columns))]  # another column order: reasons() picks
+    x = rows[explainer.names].to_numpy(dtype="float64")
+    assert explainer.reasons_matrix(x, 2).records() == explainer.reasons(rows, 2).records()
+    with pytest.raises(ValueError, match=r"expected \(rows, 2\), got \(40, 1\)"):
+        explainer.reasons_matrix(x[:, :1], 2)
+
+
 def messy_data(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """Features with NaNs, exact zeros and ties, and a label that needs deep paths."""
     rng = np.random.default_rng(seed)
