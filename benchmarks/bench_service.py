@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.report import ROOT, write_section
+from serving.local_server import LocalServer
 
 # The service runs one thread per prediction (serving/service.py); the in-process
 # measurement must too, or it compares different work.
@@ -175,15 +174,8 @@ def in_process(data_dir: Path, n: int, max_seconds: float) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path, log: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, log: Path, timeout: float = 180.0) -> LocalServer:
     """A ``bentoml serve`` process on a free loopback port, once ready."""
-    port = _free_port()
     env = {
         **os.environ,
         "ENGAGE_DATA_DIR": str(data_dir),
@@ -192,56 +184,13 @@ def start_server(data_dir: Path, log: Path, timeout: float = 180.0) -> tuple[sub
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     env.pop("ENGAGE_API_KEY", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:EngageService",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--working-dir",
-        str(ROOT),
-    ]
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(proc)
-    raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Stop the server and its workers (they run in their own process groups)."""
-    import psutil
-
+    server = LocalServer(env, log, ROOT)
     try:
-        workers = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        workers = []
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    _, alive = psutil.wait_procs(workers, timeout=5)
-    for w in alive:
-        w.kill()
+        server.wait_ready(time.monotonic() + timeout)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 def worker_count(proc: subprocess.Popen) -> int:
@@ -407,14 +356,15 @@ def main(argv: list[str] | None = None) -> None:
 
     ids = customer_ids(resolve_paths(load_params()), max(args.requests, args.load_requests))
     log = data_dir / "bench-service.log"
-    server, url = start_server(data_dir, log)
+    server = start_server(data_dir, log)
+    url = server.url
     try:
-        http = http_sequential(url, server, ids[: args.requests], args.max_seconds)
+        http = http_sequential(url, server.proc, ids[: args.requests], args.max_seconds)
         print("http:", http, flush=True)
         load = http_concurrent(url, ids[: args.load_requests], args.concurrency, args.max_seconds)
         print("load:", {k: v for k, v in load.items() if k != "latency"}, load["latency"])
     finally:
-        stop_server(server)
+        server.stop()
     if load["errors"]:
         print(f"FAILED: {load['errors']} errors under load: {load['first_error']}")
     body = markdown(proc, http, load, setup_s, data_dir)

@@ -161,3 +161,29 @@ def test_write_frame_checks_its_inputs(config):
         store.write_frame(config, VIEW, pd.concat([frame, frame]), [b"k"], "ts")
     with pytest.raises(ValueError, match=r"columns missing: \['x'\]"):
         store.write_frame(config, VIEW, frame, [b"k"], "ts")
+
+
+def test_a_table_left_by_feasts_stock_sqlite_store_is_replaced_on_apply(config, tmp_path):
+    # A data dir from before the packed store: same file, same table name, Feast's layout.
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    stock_config = RepoConfig(
+        project="t",
+        provider="local",
+        registry=str(tmp_path / "registry.db"),
+        online_store={"type": "sqlite", "path": config.online_store.path},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+    )
+    stock = SqliteOnlineStore()
+    stock.update(stock_config, [], [VIEW], [], [], partial=False)
+    stock.online_write_batch(
+        stock_config, VIEW, [(_key("a"), {"n": ValueProto(int64_val=1)}, T0, T0)], None
+    )
+    stock._conn.close()
+
+    store = _applied(config, VIEW)  # what `feast apply` does after the upgrade
+    assert _read(store, config, VIEW, ["a"]) == [(None, None)]  # old rows: rematerialize
+    frame = pd.DataFrame({"customer_id": ["a"], "ts": T0, "n": [2], "x": [0.5]})
+    store.write_frame(config, VIEW, frame, entity_key_bytes("customer_id", ["a"]), "ts")
+    assert _read(store, config, VIEW, ["a"])[0][1]["n"].int64_val == 2

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ import yaml
 from features.catalog import ENTITY_KEY
 from serving.api_models import PredictFeaturesResponse, PredictResponse
 from serving.at_risk import at_risk_list
+from serving.local_server import LocalServer
 from serving.scoring import pick_snapshot, read_run, score
 
 pytestmark = pytest.mark.slow
@@ -36,76 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-5b1e"
 START_TIMEOUT_S = 120
 UNKNOWN = "NO-SUCH-CUSTOMER-7f3a"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `bentoml serve` child process in its own process group."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name, self.log = name, log
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "serving.service:EngageService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--working-dir",
-            str(ROOT),
-        ]
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"{self.name} server not ready in time:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        # BentoML's workers run in their own process groups: remember them before the
-        # arbiter goes, and kill any it leaves behind (by pid, they are ours).
-        import psutil
-
-        try:
-            workers = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            workers = []
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        _, alive = psutil.wait_procs(workers, timeout=5)
-        for w in alive:
-            w.kill()
-        self._out.close()
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +57,16 @@ def servers(pipeline, snapshot, tmp_path_factory):
     keyed[pipeline.params.serving.api_key_env] = API_KEY
     keyed["ENGAGE_SERVING_NOW"] = (snapshot.as_of + pd.Timedelta(hours=1)).isoformat()
     started = {
-        "open": Server("open", base, logs / "open.log"),
-        "keyed": Server("keyed", keyed, logs / "keyed.log"),
+        "open": LocalServer(base, logs / "open.log"),
+        "keyed": LocalServer(keyed, logs / "keyed.log"),
     }
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        for s in started.values():
-            s.wait_ready(deadline)
+        for name, s in started.items():
+            try:
+                s.wait_ready(deadline)
+            except RuntimeError as err:
+                pytest.fail(f"{name} {err}")
         yield started
     finally:
         for s in started.values():
