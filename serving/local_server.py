@@ -28,6 +28,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def bentoml_serve_args(host: str, port: int, root: Path) -> list[str]:
+    """The ``bentoml serve`` command line of the engage service (``engage serve`` too)."""
+    return [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(root),
+    ]
+
+
 class LocalServer:
     """``bentoml serve`` of the engage service on ``127.0.0.1:<free port>``.
 
@@ -42,19 +59,7 @@ class LocalServer:
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            SERVICE,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--working-dir",
-            str(root),
-        ]
+        cmd = bentoml_serve_args("127.0.0.1", self.port, root)
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
             cmd,
@@ -104,4 +109,4 @@ class LocalServer:
         self._out.close()
 
 
-__all__ = ["LocalServer", "free_port"]
+__all__ = ["SERVICE", "LocalServer", "free_port", "bentoml_serve_args"]

@@ -489,3 +489,29 @@ def test_bentoml_build_works_offline(tmp_path):
     for needed in ("serving/service.py", "serving/online.py", "params.yaml", "feature_repo"):
         assert (src / needed).exists(), needed
     assert not (src / "tests").exists() and not (src / "data").exists()
+
+
+def test_engage_serve_binds_loopback_by_default(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import engage.commands.serve as serve_module
+    from engage.cli import app
+
+    started = []
+
+    class FakeChild:
+        def __init__(self, cmd, env, cwd):
+            started.append((cmd, env))
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setenv("ENGAGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(serve_module.subprocess, "Popen", FakeChild)
+    result = CliRunner().invoke(app, ["serve", "--port", "3999"])
+    assert result.exit_code == 0, result.output
+    ((cmd, env),) = started
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "3999"
+    assert cmd[cmd.index("serve") + 1] == "serving.service:EngageService"
+    assert env["ENGAGE_DATA_DIR"] == str(tmp_path)

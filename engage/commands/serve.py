@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,7 +24,6 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from engage.cli import Context
 
-SERVICE = "serving.service:EngageService"
 console = Console()
 
 
@@ -108,19 +106,9 @@ def serve_command(
             f"[yellow]warning:[/yellow] listening on {escape(host)} without an API key "
             f"(set ${c.params.serving.api_key_env})"
         )
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--working-dir",
-        str(c.paths.root),
-    ]
+    from serving.local_server import bentoml_serve_args
+
+    cmd = bentoml_serve_args(host, port, c.paths.root)
     console.print(
         f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir})"
     )
