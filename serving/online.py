@@ -174,6 +174,7 @@ class OnlinePredictor:
         self._value_cols = [self._col[c] for c in VALUE_COLUMNS]
         self._half = self._col["has_purchased"]
         self._features = self._resolve_services()
+        self._direct = self._direct_plan()
 
     def _model(self, name: str):
         return getattr(self.champions, name)
@@ -195,6 +196,12 @@ class OnlinePredictor:
                 for f in p.features
             )
         )
+        # View -> features, for the packed store's direct read (see _direct_plan).
+        self._view_features: dict[str, list[str]] = {}
+        for s in services:
+            for p in s.feature_view_projections:
+                names = self._view_features.setdefault(p.name, [])
+                names += [f.name for f in p.features if f.name not in names]
         provided = {r.split(":", 1)[1] for r in refs}
         missing = [c for c in [*self.inputs, SNAPSHOT_TIME] if c not in provided]
         if missing:
@@ -204,20 +211,55 @@ class OnlinePredictor:
         # One online read per request: the service itself when one covers everything.
         return services[0] if len(services) == 1 else refs
 
+    def _direct_plan(self):
+        """How to read the packed online store without the Feast SDK, or None.
+
+        The feature services still define what is read (views and features); only the
+        SDK's per-value protobuf round trip is skipped, most of a one-contact lookup.
+        With another online store configured, lookups go through the SDK.
+        """
+        from features.online_store import PackedSqliteOnlineStore
+
+        online = self.store._get_provider().online_store
+        if not isinstance(online, PackedSqliteOnlineStore):
+            return None
+        plan = []
+        for view_name, features in self._view_features.items():
+            view = self.store.get_feature_view(view_name)
+            cols = np.array([self._col.get(f, -1) for f in features], dtype=np.intp)
+            snap = features.index(SNAPSHOT_TIME) if SNAPSHOT_TIME in features else None
+            plan.append((view, features, cols, snap))
+        return online, plan
+
     # ----------------------------------------------------------------- feature lookup
 
     def lookup(self, customer_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Latest online features of ``customer_ids`` (one Feast online read).
+        """Latest online features of ``customer_ids`` (one online store read).
 
         Returns:
             The input matrix (ids x :attr:`inputs`, float64, NaN = null) and the snapshot
             time of each row in epoch seconds (NaN for an id without features).
 
         """
-        rows = [{ENTITY_KEY: str(c)} for c in customer_ids]
-        n = len(rows)
+        n = len(customer_ids)
         X = np.full((n, len(self.inputs)), np.nan)
         as_of = np.full(n, np.nan)
+        if self._direct is not None:
+            from features.online_store import entity_key_bytes
+
+            online, plan = self._direct
+            config = self.store.config
+            keys = entity_key_bytes(
+                ENTITY_KEY, [str(c) for c in customer_ids], config.entity_key_serialization_version
+            )
+            for view, features, cols, snap in plan:
+                values, _ = online.read_columns(config, view, keys, features)
+                keep = cols >= 0
+                X[:, cols[keep]] = values[:, keep]
+                if snap is not None:
+                    as_of = values[:, snap]
+            return X, as_of
+        rows = [{ENTITY_KEY: str(c)} for c in customer_ids]
         got = self.store.get_online_features(features=self._features, entity_rows=rows).to_dict()
         for name, values in got.items():
             j = self._col.get(name)

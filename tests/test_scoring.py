@@ -226,3 +226,25 @@ def test_cli_score_and_at_risk(pipeline, latest):
     assert out.exit_code == 0, out.output
     assert "Nurture" in out.output and "run cli-run" in out.output
     assert (pipeline.paths.scores_dir / "run=cli-run.parquet").exists()
+
+
+def test_service_lookup_reads_the_packed_store_like_the_feast_sdk(pipeline, champions, latest):
+    """The predictor's direct read of the packed store equals Feast's get_online_features."""
+    from serving.online import OnlinePredictor
+
+    predictor = OnlinePredictor(pipeline.paths, pipeline.params, champions)
+    assert predictor._direct is not None  # the project's store: the direct path is used
+    _, scores = read_run(pipeline.paths, latest.run_id)
+    ids = scores[ENTITY_KEY].sample(300, random_state=1).tolist()
+    ids = [*ids, "NO-SUCH-CUSTOMER", ids[0]]  # an unknown id and a duplicate
+    X, as_of = predictor.lookup(ids)
+    direct, predictor._direct = predictor._direct, None
+    try:
+        X_sdk, as_of_sdk = predictor.lookup(ids)
+    finally:
+        predictor._direct = direct
+    np.testing.assert_array_equal(X, X_sdk)
+    np.testing.assert_array_equal(as_of, as_of_sdk)
+    assert np.isnan(as_of[-2]) and np.isnan(X[-2]).all()
+    np.testing.assert_array_equal(X[-1], X[0])
+    assert np.isfinite(as_of[:-2]).all()

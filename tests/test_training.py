@@ -188,3 +188,28 @@ def test_gate_keeps_a_worse_model_as_challenger_and_same_seed_same_metrics(pipel
     client = setup_mlflow(paths)
     assert alias_version(client, "churn", CHAMPION) == again.version
     assert alias_version(client, "churn", CHALLENGER) == worse.version
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_calibrator_maps_margins_like_its_sklearn_estimator(method):
+    from scipy.special import expit
+
+    from training.model import Calibrator
+
+    rng = np.random.default_rng(3)
+    margin = rng.normal(size=2000) * 2
+    y = (rng.random(2000) < expit(0.7 * margin - 0.4)).astype(int)
+    cal = Calibrator(method).fit(margin, y)
+    p = cal.transform(margin)
+    assert p.shape == margin.shape and ((p >= 0) & (p <= 1)).all()
+    assert (np.diff(p[np.argsort(margin)]) >= 0).all()  # monotone in the margin
+    if method == "sigmoid":
+        want = cal._platt.predict_proba(margin.reshape(-1, 1))[:, 1]
+        np.testing.assert_allclose(p, want, rtol=1e-14, atol=0)
+        # The fitted Platt slope and offset recover the generating ones.
+        assert abs(cal._platt.coef_[0, 0] - 0.7) < 0.1
+        assert abs(cal._platt.intercept_[0] + 0.4) < 0.15
+    with pytest.raises(ValueError, match="unknown method 'beta'"):
+        Calibrator("beta").fit(margin, y)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Calibrator(method).transform(margin)

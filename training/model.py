@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
@@ -53,7 +54,10 @@ class Calibrator:
         if self._iso is not None:
             return np.clip(self._iso.predict(_sigmoid(margin)), 0.0, 1.0)
         if self._platt is not None:
-            return self._platt.predict_proba(margin.reshape(-1, 1))[:, 1]
+            # LogisticRegression.predict_proba on one column, without sklearn's input
+            # validation: a third of the service's scoring time for one contact.
+            z = np.asarray(margin, dtype="float64") * self._platt.coef_[0, 0]
+            return expit(z + self._platt.intercept_[0])
         raise RuntimeError("calibrator is not fitted")
 
 
