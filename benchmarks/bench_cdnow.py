@@ -390,17 +390,26 @@ def label_ceiling(
     It peeks by design: it shows how well the calibration-period features can rank the
     holdout buyers at best, so a method's ROC-AUC can be read against it.
     """
-    from sklearn.model_selection import StratifiedKFold
-
     tp = params.training
-    oof = np.zeros(len(y))
     X = X.astype(float).reset_index(drop=True)
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=tp.seed).split(X, y):
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         cut = int(len(train) * 0.8)
         fit, stop = train[:cut], train[cut:]
         booster = fit_booster(X.iloc[fit], y[fit], X.iloc[stop], y[stop], tp.lightgbm, tp.seed)
-        oof[test] = booster.predict(X.iloc[test])
-    return ranking_metrics(y, oof)
+        return booster.predict(X.iloc[test])
+
+    return ranking_metrics(y, _out_of_fold(X, y, fit_predict, tp.seed, folds))
+
+
+def _out_of_fold(X: pd.DataFrame, y: np.ndarray, fit_predict, seed: int, folds: int) -> np.ndarray:
+    """Stratified k-fold predictions: ``fit_predict(train_idx, test_idx)`` per fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.zeros(len(y))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+        oof[test] = fit_predict(train, test)
+    return oof
 
 
 def history_matrix(cal: pd.DataFrame, ids: pd.Index, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -454,7 +463,6 @@ def history_ceiling(
     """
     import lightgbm as lgb
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import SplineTransformer
 
@@ -484,12 +492,11 @@ def history_ceiling(
     }
     out = {}
     for name, (data, make) in learners.items():
-        oof = np.zeros(len(y))
-        split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(data, y)
-        for train, test in split:
-            model = make().fit(data.iloc[train], y[train])
-            oof[test] = model.predict_proba(data.iloc[test])[:, 1]
-        out[name] = ranking_metrics(y, oof)
+
+        def fit_predict(train, test, data=data, make=make):
+            return make().fit(data.iloc[train], y[train]).predict_proba(data.iloc[test])[:, 1]
+
+        out[name] = ranking_metrics(y, _out_of_fold(data, y, fit_predict, seed, folds))
     return out
 
 

@@ -129,9 +129,10 @@ class PackedSqliteOnlineStore(OnlineStore):
         """SQLite table of one feature view (project-qualified, like Feast's stores)."""
         return f"{config.project}_{view.name}"
 
-    def _layout(self, conn: sqlite3.Connection, table: str) -> list[tuple[str, str]] | None:
-        row = conn.execute(f"SELECT layout FROM {_LAYOUT} WHERE tbl = ?", (table,)).fetchone()
-        return None if row is None else [tuple(x) for x in json.loads(row[0])]
+    @staticmethod
+    def _read_layouts(conn: sqlite3.Connection) -> dict[str, list[tuple[str, str]]]:
+        rows = conn.execute(f"SELECT tbl, layout FROM {_LAYOUT}").fetchall()
+        return {t: [tuple(x) for x in json.loads(js)] for t, js in rows}
 
     def _checked_layout(
         self, conn: sqlite3.Connection, config: RepoConfig, view: FeatureView
@@ -139,8 +140,7 @@ class PackedSqliteOnlineStore(OnlineStore):
         table = self.table_name(config, view)
         version = conn.execute("PRAGMA schema_version").fetchone()[0]
         if self._layouts is None or version != self._schema_version:
-            rows = conn.execute(f"SELECT tbl, layout FROM {_LAYOUT}").fetchall()
-            self._layouts = {t: [tuple(x) for x in json.loads(js)] for t, js in rows}
+            self._layouts = self._read_layouts(conn)
             self._schema_version = version
         stored = self._layouts.get(table)
         if stored is None:
@@ -168,9 +168,10 @@ class PackedSqliteOnlineStore(OnlineStore):
         """Create a table per kept view (recreated if its features changed); drop the rest."""
         conn = self._connect(config)
         with conn:
+            stored = self._read_layouts(conn)
             for view in tables_to_keep:
                 table, layout = self.table_name(config, view), _kind(view)
-                if self._layout(conn, table) != layout:
+                if stored.get(table) != layout:
                     # Packed values are positional: a new feature list invalidates them.
                     conn.execute(f'DROP TABLE IF EXISTS "{table}"')
                 conn.execute(
@@ -286,12 +287,11 @@ class PackedSqliteOnlineStore(OnlineStore):
 
     def read_columns(
         self, config: RepoConfig, view: FeatureView, keys: list[bytes], features: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> np.ndarray:
         """Values of ``features`` for serialized ``keys`` as floats, without protobuf.
 
         The service's hot path (``serving.online``): what ``online_read`` returns, as a
-        (keys x features) float64 matrix with NaN for a null or an unknown key, and the
-        event time of each row in epoch seconds (NaN for an unknown key).
+        (keys x features) float64 matrix with NaN for a null or an unknown key.
 
         Raises:
             KeyError: a feature is not in the view.
@@ -305,13 +305,11 @@ class PackedSqliteOnlineStore(OnlineStore):
         found = self._fetch(conn, name, keys)
         cols = np.array([position[f] for f in features], dtype=np.intp)
         out = np.full((len(keys), len(features)), np.nan)
-        event_s = np.full(len(keys), np.nan)
         for i, key in enumerate(keys):
             hit = found.get(key)
             if hit is not None:
                 out[i] = np.frombuffer(hit[1], dtype="float64")[cols]
-                event_s[i] = hit[0] / 1e6
-        return out, event_s
+        return out
 
     def online_read(
         self,

@@ -188,7 +188,9 @@ def materialize_snapshot(
         size = max(1, -(-n // -(-n // chunk_rows))) if n else chunk_rows
         for batch in file.iter_batches(batch_size=size):
             frame = batch.to_pandas()
-            keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
+            if packed:
+                # Serialized once per chunk, shared by the views.
+                keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
             for view in group:
                 if packed:
                     online.write_frame(store.config, view, frame, keys, TIMESTAMP, CREATED)

@@ -196,12 +196,7 @@ class OnlinePredictor:
                 for f in p.features
             )
         )
-        # View -> features, for the packed store's direct read (see _direct_plan).
-        self._view_features: dict[str, list[str]] = {}
-        for s in services:
-            for p in s.feature_view_projections:
-                names = self._view_features.setdefault(p.name, [])
-                names += [f.name for f in p.features if f.name not in names]
+        self._services = services
         provided = {r.split(":", 1)[1] for r in refs}
         missing = [c for c in [*self.inputs, SNAPSHOT_TIME] if c not in provided]
         if missing:
@@ -223,8 +218,13 @@ class OnlinePredictor:
         online = self.store._get_provider().online_store
         if not isinstance(online, PackedSqliteOnlineStore):
             return None
+        by_view: dict[str, list[str]] = {}
+        for service in self._services:
+            for p in service.feature_view_projections:
+                names = by_view.setdefault(p.name, [])
+                names += [f.name for f in p.features if f.name not in names]
         plan = []
-        for view_name, features in self._view_features.items():
+        for view_name, features in by_view.items():
             view = self.store.get_feature_view(view_name)
             cols = np.array([self._col.get(f, -1) for f in features], dtype=np.intp)
             snap = features.index(SNAPSHOT_TIME) if SNAPSHOT_TIME in features else None
@@ -253,7 +253,7 @@ class OnlinePredictor:
                 ENTITY_KEY, [str(c) for c in customer_ids], config.entity_key_serialization_version
             )
             for view, features, cols, snap in plan:
-                values, _ = online.read_columns(config, view, keys, features)
+                values = online.read_columns(config, view, keys, features)
                 keep = cols >= 0
                 X[:, cols[keep]] = values[:, keep]
                 if snap is not None:
