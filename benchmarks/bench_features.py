@@ -189,9 +189,10 @@ def run_feast(folder: Path) -> dict:
 
 def run_pandas(folder: Path, every_days: int) -> dict:
     """The pandas reference for the latest snapshot, checked against the builder's file."""
-    from features.aggregates import build_features, read_features
+    from features.aggregates import build_features
     from features.catalog import ENTITY_KEY, feature_names
     from features.reference import reference_snapshot
+    from features.snapshots import read_snapshots
 
     params = _params(every_days, 1)
     cpu = _cpu()
@@ -218,7 +219,7 @@ def run_pandas(folder: Path, every_days: int) -> dict:
     # The builder's output for the same as-of time (not timed here: run_build times it).
     with tempfile.TemporaryDirectory(prefix="bench_features_check_") as tmp:
         build_features(params, folder / "events.parquet", folder / "customers.parquet", Path(tmp))
-        got = read_features(Path(tmp)).set_index(ENTITY_KEY).sort_index()
+        got = read_snapshots(Path(tmp)).set_index(ENTITY_KEY).sort_index()
     names = feature_names(params)
     assert list(got.index) == list(ref.index), "the builder and pandas saw other contacts"
     a = got[names].astype(float).to_numpy()

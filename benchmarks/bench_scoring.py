@@ -62,7 +62,7 @@ def breakdown(paths, params, champions, rows: int) -> dict:
 
     from serving.scoring import make_explainers, pick_snapshot, typical_by_half
 
-    snap = pick_snapshot(paths)
+    snap = pick_snapshot(paths.features_dir)
     frame = next(pq.ParquetFile(snap.path).iter_batches(batch_size=rows)).to_pandas()
     customer = frame["has_purchased"].to_numpy() == 1
     t = time.perf_counter()
@@ -127,7 +127,7 @@ def worker(mode: str, data_dir: Path) -> dict:
         "start_rss_mb": start_rss,
         "load_s": load_s,
         "file_mb": size_mb,
-        "as_of": str(pick_snapshot(paths).as_of),
+        "as_of": str(pick_snapshot(paths.features_dir).as_of),
         "trees": {n: getattr(champions, n).booster.num_trees() for n in ("churn", "appetence")},
         "features": len(champions.features),
         "batch_rows": params.scoring.batch_rows,

@@ -123,9 +123,11 @@ def customer_ids(paths, n: int) -> list[str]:
     import pandas as pd
 
     from features.catalog import ENTITY_KEY
-    from serving.scoring import pick_snapshot
+    from features.snapshots import pick_snapshot
 
-    frame = pd.read_parquet(pick_snapshot(paths).path, columns=[ENTITY_KEY, "has_purchased"])
+    frame = pd.read_parquet(
+        pick_snapshot(paths.features_dir).path, columns=[ENTITY_KEY, "has_purchased"]
+    )
     ids = frame.loc[frame["has_purchased"] == 1, ENTITY_KEY].head(500).astype(str).tolist()
     return [ids[i % len(ids)] for i in range(n)]
 

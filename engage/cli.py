@@ -306,9 +306,10 @@ def train(
 
 def _score_last_two(c: Context) -> None:
     """Score the previous snapshot and the latest, so the report shows stage movements."""
-    from serving.scoring import score, snapshot_files
+    from features.snapshots import list_snapshots
+    from serving.scoring import score
 
-    snaps = snapshot_files(c.paths)
+    snaps = list_snapshots(c.paths.features_dir)
     targets = [s.as_of for s in snaps[-2:]]
     for as_of in targets:
         try:

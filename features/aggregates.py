@@ -24,7 +24,6 @@ How a snapshot is computed (:class:`FeatureBuilder`):
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engage.config import Params
 from features.catalog import (
@@ -47,14 +45,7 @@ from features.catalog import (
     feature_specs,
     stat_columns,
 )
-
-TABLE_DIR = "customer_features"
-
-
-def to_utc(ts: pd.Timestamp | dt.datetime | str) -> pd.Timestamp:
-    """Parse a timestamp; naive means UTC, an offset is converted to UTC."""
-    t = pd.Timestamp(ts)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+from features.snapshots import snapshot_dir, to_utc, write_snapshot
 
 
 def snapshot_times(
@@ -288,10 +279,6 @@ def _epoch_us(ts: pd.Timestamp) -> int:
     return int(to_utc(ts).value // 1000)
 
 
-def _snapshot_file(directory: Path, as_of: pd.Timestamp) -> Path:
-    return directory / f"as_of={to_utc(as_of).strftime('%Y%m%dT%H%M%S')}.parquet"
-
-
 @dataclass
 class FeatureBuilder:
     """Loads the events once, then computes one snapshot per call.
@@ -505,29 +492,15 @@ def build_features(
     builder = FeatureBuilder(params, events_path, customers_path)
     try:
         times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
-        target = out_dir / TABLE_DIR
-        target.mkdir(parents=True, exist_ok=True)
         created = pd.Timestamp.now(tz="UTC")
         rows = 0
         # Oldest first, so the builder carries its all-time statistics forward.
         for t in sorted(times):
             table = builder.snapshot(t, created)
-            path = _snapshot_file(target, t)
-            tmp = path.with_suffix(".parquet.tmp")
-            pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
-            os.replace(tmp, path)  # a killed build never leaves half a snapshot
+            write_snapshot(table, out_dir, t, _dictionary_columns(table.schema))
             rows += table.num_rows
             if progress:
                 progress(t)
-        return BuildSummary(times, rows, builder.n_events, target)
+        return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir))
     finally:
         builder.close()
-
-
-def read_features(out_dir: Path) -> pd.DataFrame:
-    """All stored snapshots as one frame (for tests, reports and the reference check)."""
-    target = out_dir / TABLE_DIR
-    files = sorted(target.glob("as_of=*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no feature snapshots under {target}: run `engage features build`")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

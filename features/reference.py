@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params
-from features.aggregates import to_utc
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP
+from features.snapshots import to_utc
 
 _DAY = pd.Timedelta(days=1)
 

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from engage.config import Params, Paths, load_params, resolve_paths
-from features.aggregates import TABLE_DIR, _snapshot_file, to_utc
 from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP, VIEWS, feature_specs
+from features.snapshots import snapshot_glob as _glob
+from features.snapshots import snapshot_path, to_utc
 
 os.environ.setdefault("FEAST_USAGE", "False")  # no usage telemetry: everything runs offline
 
@@ -42,7 +43,7 @@ def _context() -> tuple[Params, Paths]:
 def snapshot_glob(paths: Paths | None = None) -> str:
     """Absolute glob of the snapshot files, the path of the Feast source."""
     paths = paths or _context()[1]
-    return str(paths.features_dir / TABLE_DIR / "*.parquet")
+    return _glob(paths.features_dir)
 
 
 def view_fields(view: str, params: Params | None = None) -> list:
@@ -178,7 +179,7 @@ def materialize_snapshot(
             views.setdefault(Path(view.batch_source.path).parent, []).append(view)
     rows = 0
     for directory, group in views.items():
-        path = _snapshot_file(directory, as_of)
+        path = snapshot_path(directory.parent, as_of)
         if not path.exists():
             raise FileNotFoundError(f"no snapshot at {to_utc(as_of)}: {path} is missing")
         file = pq.ParquetFile(path)

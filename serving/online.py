@@ -157,7 +157,7 @@ class OnlinePredictor:
         self.champions = champions or load_champions(paths)
         self.versions = dict(self.champions.versions)
         self.store = store if store is not None else get_store(paths)
-        snapshot = pick_snapshot(paths)
+        snapshot = pick_snapshot(paths.features_dir)
         self.snapshot_as_of = snapshot.as_of
         typical = typical_by_half(snapshot.path, self.champions.features)
         self.explainers: dict[str, Explainer] = make_explainers(self.champions, params, typical)

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Params, Paths
-from features.aggregates import TABLE_DIR, to_utc
 from features.catalog import ENTITY_KEY, TIMESTAMP
+from features.snapshots import pick_snapshot, to_utc
 from serving.explain import REASON_TYPE, Explainer
 from serving.index import STAGES, engagement_index
 from serving.segments import REQUIRED as SEGMENT_COLUMNS
@@ -72,47 +72,6 @@ SCHEMA = pa.schema(
 )
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A stored feature snapshot: its as-of time and Parquet file."""
-
-    as_of: pd.Timestamp
-    path: Path
-
-
-def snapshot_files(paths: Paths) -> list[Snapshot]:
-    """Every stored feature snapshot, oldest first."""
-    files = sorted((paths.features_dir / TABLE_DIR).glob("as_of=*.parquet"))
-    return sorted(
-        (Snapshot(to_utc(pd.Timestamp(f.stem.split("=", 1)[1])), f) for f in files),
-        key=lambda s: s.as_of,
-    )
-
-
-def pick_snapshot(paths: Paths, as_of: pd.Timestamp | str | None = None) -> Snapshot:
-    """The latest snapshot, or the latest at or before ``as_of``.
-
-    Raises:
-        FileNotFoundError: no snapshot stored, or none at/before ``as_of``.
-
-    """
-    snaps = snapshot_files(paths)
-    if not snaps:
-        raise FileNotFoundError(
-            f"no feature snapshots under {paths.features_dir}: run `engage features build`"
-        )
-    if as_of is None:
-        return snaps[-1]
-    t = to_utc(as_of)
-    before = [s for s in snaps if s.as_of <= t]
-    if not before:
-        raise FileNotFoundError(
-            f"no feature snapshot at or before {t:%Y-%m-%d %H:%M} UTC "
-            f"(the first is {snaps[0].as_of:%Y-%m-%d %H:%M})"
-        )
-    return before[-1]
 
 
 @dataclass
@@ -345,7 +304,7 @@ def score(
 
     """
     start = time.perf_counter()
-    snap = pick_snapshot(paths, as_of)
+    snap = pick_snapshot(paths.features_dir, as_of)
     if run_id is not None:
         check_run_id(run_id)
     champions = champions or load_champions(paths)

@@ -79,9 +79,9 @@ def load_held_out(paths: Paths, model: str) -> tuple[pd.DataFrame, str]:
 
 
 def _prospects_only(paths: Paths, held: pd.DataFrame) -> pd.DataFrame:
-    from serving.scoring import snapshot_files
+    from features.snapshots import list_snapshots
 
-    files = {s.as_of: s.path for s in snapshot_files(paths)}
+    files = {s.as_of: s.path for s in list_snapshots(paths.features_dir)}
     parts = []
     for t, rows in held.groupby(TIMESTAMP, sort=True):
         path = files.get(t)

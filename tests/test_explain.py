@@ -189,7 +189,7 @@ def test_contributions_are_additive_and_agree_with_shap(pipeline, name):
     from serving.scoring import pick_snapshot
 
     model = pipeline.results[name].engage_model
-    frame = pd.read_parquet(pick_snapshot(pipeline.paths).path)
+    frame = pd.read_parquet(pick_snapshot(pipeline.paths.features_dir).path)
     rows = frame.sample(min(1000, len(frame)), random_state=1)
     contrib, base = model.contributions(rows)
     margin = model.margin(rows)

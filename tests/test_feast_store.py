@@ -20,9 +20,10 @@ import pytest
 
 from engage.config import Params, Paths, load_params, resolve_paths
 from engage.data.simulate import simulate_to_parquet
-from features.aggregates import FeatureBuilder, build_features, read_features
+from features.aggregates import FeatureBuilder, build_features
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP, VIEWS, feature_names
 from features.reference import reference_snapshot
+from features.snapshots import read_snapshots
 from features.store import (
     apply_repo,
     get_store,
@@ -47,7 +48,7 @@ class Built:
         return get_store(self.paths)
 
     def features(self) -> pd.DataFrame:
-        return read_features(self.paths.features_dir)
+        return read_snapshots(self.paths.features_dir)
 
 
 def _build_apply_materialize(params: Params, paths: Paths) -> list[pd.Timestamp]:

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from engage.config import load_params
-from features.aggregates import build_features, read_features, snapshot_times
+from features.aggregates import build_features, snapshot_times
 from features.catalog import feature_names, feature_specs
 from features.reference import reference_snapshot
+from features.snapshots import read_snapshots
 
 T = pd.Timestamp
 
@@ -73,7 +74,7 @@ def built(tmp_path_factory):
     cu.to_parquet(tmp / "customers.parquet")
     params = load_params()
     build_features(params, tmp / "events.parquet", tmp / "customers.parquet", tmp, AS_OF)
-    return params, read_features(tmp), ev, cu
+    return params, read_snapshots(tmp), ev, cu
 
 
 def test_every_feature_matches_pandas_reference(built):
@@ -131,7 +132,7 @@ def test_one_row_per_customer_and_snapshot_and_rebuild_replaces(built, tmp_path)
     ev.to_parquet(tmp_path / "events.parquet")
     build_features(params, tmp_path / "events.parquet", None, tmp_path, AS_OF[:1])
     build_features(params, tmp_path / "events.parquet", None, tmp_path, AS_OF[:1])
-    again = read_features(tmp_path)
+    again = read_snapshots(tmp_path)
     assert len(again) == 3  # A, B, C at the first as-of: a rerun replaced, not appended
 
 
@@ -153,7 +154,7 @@ def test_timezone_forms_give_identical_features(tmp_path):
         out = tmp_path / name
         as_of = ["2025-03-03T02:00:00+02:00"] if name == "plus2" else ["2025-03-03"]
         build_features(params, tmp_path / f"{name}.parquet", None, out, as_of)
-        results.append(read_features(out).drop(columns=["created_timestamp"]))
+        results.append(read_snapshots(out).drop(columns=["created_timestamp"]))
     pd.testing.assert_frame_equal(results[0], results[1])
     pd.testing.assert_frame_equal(results[0], results[2])
 

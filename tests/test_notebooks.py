@@ -24,10 +24,11 @@ def test_notebooks_are_committed_without_outputs():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(pipeline, path, tmp_path):
-    from serving.scoring import list_runs, score, snapshot_files
+    from features.snapshots import list_snapshots
+    from serving.scoring import list_runs, score
 
     if len(list_runs(pipeline.paths)) < 2:
-        for snap in snapshot_files(pipeline.paths)[-2:]:
+        for snap in list_snapshots(pipeline.paths.features_dir)[-2:]:
             score(pipeline.paths, pipeline.params, as_of=snap.as_of)
     nb = nbformat.read(path, as_version=4)
     env = {"MPLBACKEND": "Agg", "ENGAGE_DATA_DIR": str(pipeline.data_dir)}

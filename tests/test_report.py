@@ -50,9 +50,10 @@ def test_monthly_kpis_on_a_tiny_log(tmp_path):
 
 
 def test_report_has_every_section_and_no_external_resources(pipeline, tmp_path):
-    from serving.scoring import score, snapshot_files
+    from features.snapshots import list_snapshots
+    from serving.scoring import score
 
-    for snap in snapshot_files(pipeline.paths)[-2:]:
+    for snap in list_snapshots(pipeline.paths.features_dir)[-2:]:
         score(pipeline.paths, pipeline.params, as_of=snap.as_of)
     path = build_report(pipeline.paths, pipeline.params, tmp_path / "r.html")
     text = path.read_text()

@@ -10,16 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from features.catalog import ENTITY_KEY
+from features.snapshots import list_snapshots, pick_snapshot
 from serving.at_risk import at_risk_list, suggested_action, to_csv, to_json
 from serving.index import engagement_index
 from serving.scoring import (
     check_run_id,
     list_runs,
     load_champions,
-    pick_snapshot,
     read_run,
     score,
-    snapshot_files,
 )
 from serving.segments import SEGMENTS, assign_segments
 
@@ -37,7 +36,7 @@ def latest(pipeline, champions):
 
 
 def test_every_contact_of_the_latest_snapshot_is_scored(pipeline, champions, latest):
-    snap = pick_snapshot(pipeline.paths)
+    snap = pick_snapshot(pipeline.paths.features_dir)
     features = pd.read_parquet(snap.path)
     info, scores = read_run(pipeline.paths, latest.run_id)
     assert latest.path.name == f"run={latest.run_id}.parquet"
@@ -82,7 +81,7 @@ def test_every_contact_of_the_latest_snapshot_is_scored(pipeline, champions, lat
 def test_score_frame_on_a_few_rows(pipeline, champions):
     from serving.scoring import make_explainers, score_frame, typical_by_half
 
-    snap = pick_snapshot(pipeline.paths)
+    snap = pick_snapshot(pipeline.paths.features_dir)
     features = pd.read_parquet(snap.path).head(20)
     explainers = make_explainers(
         champions, pipeline.params, typical_by_half(snap.path, champions.features)
@@ -117,7 +116,7 @@ def test_reruns_replace_and_history_is_kept(pipeline, champions, latest):
     again = score(paths, params, champions=champions)
     assert again.run_id == latest.run_id  # same snapshot, models and rules
     assert len(list(paths.scores_dir.glob(f"run={latest.run_id}*"))) == 1
-    older = snapshot_files(paths)[-3]
+    older = list_snapshots(paths.features_dir)[-3]
     past = score(paths, params, as_of=older.as_of + pd.Timedelta(hours=1), champions=champions)
     assert past.as_of == older.as_of and past.run_id != latest.run_id
     runs = [r.run_id for r in list_runs(paths)]

@@ -39,7 +39,7 @@ UNKNOWN = "NO-SUCH-CUSTOMER-7f3a"
 
 @pytest.fixture(scope="module")
 def snapshot(pipeline):
-    return pick_snapshot(pipeline.paths)
+    return pick_snapshot(pipeline.paths.features_dir)
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import duckdb
 import pandas as pd
 
 from engage.config import Params
-from features.aggregates import to_utc
 from features.catalog import ENTITY_KEY, TIMESTAMP
+from features.snapshots import to_utc
 
 Model = Literal["churn", "appetence"]
 MODELS: tuple[Model, ...] = ("churn", "appetence")

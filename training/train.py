@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params, Paths
-from features.aggregates import TABLE_DIR, to_utc
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
+from features.snapshots import require_snapshots
 from features.store import MODEL_SERVICES, get_store, historical_features
 from training.baselines import logistic_baseline, rfm_score
 from training.dataset import Split, audit_against_events, check_feature_times, time_split
@@ -53,12 +53,7 @@ class TrainResult:
 
 def snapshot_times_on_disk(paths: Paths) -> list[pd.Timestamp]:
     """As-of times of the stored feature snapshots."""
-    files = sorted((paths.features_dir / TABLE_DIR).glob("as_of=*.parquet"))
-    if not files:
-        raise FileNotFoundError(
-            f"no feature snapshots under {paths.features_dir}: run `engage features build`"
-        )
-    return [to_utc(pd.Timestamp(f.stem.split("=", 1)[1])) for f in files]
+    return [s.as_of for s in require_snapshots(paths.features_dir)]
 
 
 def data_fingerprint(events_path: Path) -> str:
