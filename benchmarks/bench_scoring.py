@@ -60,7 +60,8 @@ def breakdown(paths, params, champions, rows: int) -> dict:
     """Seconds per step on the first ``rows`` contacts of the latest snapshot."""
     import pyarrow.parquet as pq
 
-    from serving.scoring import make_explainers, pick_snapshot, typical_by_half
+    from features.snapshots import pick_snapshot
+    from serving.champions import make_explainers, typical_by_half
 
     snap = pick_snapshot(paths.features_dir)
     frame = next(pq.ParquetFile(snap.path).iter_batches(batch_size=rows)).to_pandas()
@@ -103,13 +104,16 @@ def worker(mode: str, data_dir: Path) -> dict:
     os.environ["ENGAGE_DATA_DIR"] = str(data_dir)
     from benchmarks.report import max_rss_mb
     from engage.config import load_params, resolve_paths
-    from serving.scoring import load_champions, pick_snapshot, run_path, score
+    from features.snapshots import pick_snapshot
+    from serving.champions import load_champions
+    from serving.runs import run_path
+    from serving.scoring import score
 
     overrides = ("scoring.top_k_reasons=0",) if mode == "baseline" else ()
     params = load_params(overrides=overrides)
     paths = resolve_paths(params)
     t = time.perf_counter()
-    champions = load_champions(paths)
+    champions = load_champions(paths, params)
     load_s = time.perf_counter() - t
     run_id = f"bench-{mode}"
     start_rss = max_rss_mb()

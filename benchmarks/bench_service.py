@@ -149,9 +149,9 @@ def in_process(data_dir: Path, n: int, max_seconds: float) -> dict:
     champions, explainers, store = predictor.champions, predictor.explainers, predictor.store
 
     def direct(cid: str) -> None:
-        frame = online_features(store, [cid], "churn")
-        champions.appetence.predict_proba(frame)
-        champions.churn.predict_proba(frame)
+        frame = online_features(store, [cid], "churn_v1")
+        champions["appetence"].predict_proba(frame)
+        champions["churn"].predict_proba(frame)
         explainers["churn"].reasons(frame, 3).records()
 
     def hot(cid: str) -> None:

@@ -26,7 +26,6 @@ from features.snapshots import snapshot_path, to_utc
 
 os.environ.setdefault("FEAST_USAGE", "False")  # no usage telemetry: everything runs offline
 
-MODEL_SERVICES = {"churn": "churn_v1", "appetence": "appetence_v1"}
 MATERIALIZE_CHUNK_ROWS = 20_000  # Feast's own write path holds ~0.7 KB per value: ~0.5 GB a chunk
 # The parameters and paths of the apply_repo call in progress: the repo files read them
 # through _context(), so they follow the caller's profile, --set overrides and data dir.
@@ -202,7 +201,7 @@ def materialize_snapshot(
     return rows
 
 
-def historical_features(store, entity_df: pd.DataFrame, model: str) -> pd.DataFrame:
+def historical_features(store, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
     """Point-in-time features for ``entity_df`` (customer_id, event_timestamp, ...).
 
     Returns one row per entity row, in the input order, with the extra input columns
@@ -218,8 +217,9 @@ def historical_features(store, entity_df: pd.DataFrame, model: str) -> pd.DataFr
     frame = entity_df.reset_index(drop=True).copy()
     frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
     frame["_row"] = range(len(frame))
-    service = store.get_feature_service(MODEL_SERVICES[model])
-    out = store.get_historical_features(entity_df=frame, features=service).to_df()
+    out = store.get_historical_features(
+        entity_df=frame, features=store.get_feature_service(service)
+    ).to_df()
     out = out.sort_values("_row").reset_index(drop=True)
     if len(out) != len(frame) or not (out["_row"].to_numpy() == frame["_row"].to_numpy()).all():
         raise ValueError(
@@ -228,9 +228,9 @@ def historical_features(store, entity_df: pd.DataFrame, model: str) -> pd.DataFr
     return out.drop(columns="_row")
 
 
-def online_features(store, customer_ids: Sequence[str], model: str) -> pd.DataFrame:
+def online_features(store, customer_ids: Sequence[str], service: str) -> pd.DataFrame:
     """Latest materialized features of ``customer_ids`` (nulls for unknown ids)."""
-    service = store.get_feature_service(MODEL_SERVICES[model])
+    service = store.get_feature_service(service)
     rows = [{ENTITY_KEY: str(c)} for c in customer_ids]
     return store.get_online_features(features=service, entity_rows=rows).to_df()
 
@@ -241,7 +241,6 @@ def feast_dir_for_cli(paths: Paths) -> Path:
 
 
 __all__ = [
-    "MODEL_SERVICES",
     "apply_repo",
     "get_store",
     "historical_features",

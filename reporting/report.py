@@ -75,7 +75,7 @@ def _table(frame: pd.DataFrame, fmt: dict[str, str] | None = None, left: tuple =
 
 
 def _index_section(paths: Paths, last_runs: int) -> str:
-    from serving.scoring import list_runs
+    from serving.runs import list_runs
     from serving.transitions import stage_transitions
 
     runs = list_runs(paths)[-last_runs:]

@@ -16,7 +16,7 @@ import pandas as pd
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
-from serving.scoring import RunInfo, read_run
+from serving.runs import RunInfo, read_run
 from serving.segments import (
     AT_RISK,
     GHOST,

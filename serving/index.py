@@ -111,6 +111,39 @@ def _lower(p: np.ndarray, tau: float) -> np.ndarray:
     return p / tau
 
 
+def index_arrays(
+    has_purchased: Sequence[float] | np.ndarray | pd.Series,
+    p_purchase: Sequence[float] | np.ndarray | pd.Series,
+    p_churn: Sequence[float] | np.ndarray | pd.Series,
+    params: IndexParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage codes (index into :data:`STAGES`), engagement scores and dial positions.
+
+    The numpy form of :func:`engagement_index` (same arguments, same checks), for the
+    decision core where building a frame would cost more than one contact's rules.
+    """
+    customer = check_halves(has_purchased)
+    n = len(customer)
+    p = check_probability(p_purchase, "p_purchase", required=~customer)
+    q = check_probability(p_churn, "p_churn", required=customer)
+    if len(p) != n or len(q) != n:
+        raise ValueError(
+            f"lengths differ: has_purchased {n}, p_purchase {len(p)}, p_churn {len(q)}"
+        )
+    tp, tc = float(params.tau_purchase), float(params.tau_churn)
+    buy = ~customer & (p >= tp)
+    leave = customer & (q >= tc)
+    code = np.where(customer, np.where(leave, 3, 2), np.where(buy, 1, 0)).astype("int8")
+    with np.errstate(invalid="ignore"):
+        dial = np.select(
+            [code == 0, code == 1, code == 2],
+            [25.0 * _lower(p, tp), 25.0 + 25.0 * _upper(p, tp), 50.0 + 25.0 * _lower(q, tc)],
+            default=75.0 + 25.0 * _upper(q, tc),
+        )
+        score = np.where(customer, 100.0 * (1.0 - q), 100.0 * p)
+    return code, score, dial
+
+
 def engagement_index(
     has_purchased: Sequence[float] | np.ndarray | pd.Series,
     p_purchase: Sequence[float] | np.ndarray | pd.Series,
@@ -134,24 +167,6 @@ def engagement_index(
             probability (see :func:`check_probability`).
 
     """
-    customer = check_halves(has_purchased)
-    n = len(customer)
-    p = check_probability(p_purchase, "p_purchase", required=~customer)
-    q = check_probability(p_churn, "p_churn", required=customer)
-    if len(p) != n or len(q) != n:
-        raise ValueError(
-            f"lengths differ: has_purchased {n}, p_purchase {len(p)}, p_churn {len(q)}"
-        )
-    tp, tc = float(params.tau_purchase), float(params.tau_churn)
-    buy = ~customer & (p >= tp)
-    leave = customer & (q >= tc)
-    code = np.where(customer, np.where(leave, 3, 2), np.where(buy, 1, 0)).astype("int8")
-    with np.errstate(invalid="ignore"):
-        dial = np.select(
-            [code == 0, code == 1, code == 2],
-            [25.0 * _lower(p, tp), 25.0 + 25.0 * _upper(p, tp), 50.0 + 25.0 * _lower(q, tc)],
-            default=75.0 + 25.0 * _upper(q, tc),
-        )
-        score = np.where(customer, 100.0 * (1.0 - q), 100.0 * p)
+    code, score, dial = index_arrays(has_purchased, p_purchase, p_churn, params)
     stage = pd.Categorical.from_codes(code, categories=list(STAGES))
     return pd.DataFrame({"stage": stage, "engagement_score": score, "dial_position": dial})

@@ -49,7 +49,7 @@ class LocalServer:
     """``bentoml serve`` of the engage service on ``127.0.0.1:<free port>``.
 
     Args:
-        env: the server's environment (see ``engage.commands.serve.serve_env``).
+        env: the server's environment (see ``cli.serve.serve_env``).
         log: file receiving the server's stdout and stderr.
         root: the project folder (the service's working directory).
 

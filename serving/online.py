@@ -4,13 +4,11 @@
 no HTTP or BentoML dependency, so benchmarks and tests can call it directly and the
 service's own cost is the difference.
 
-It computes exactly what batch scoring (``engage score``, :func:`serving.scoring.score`)
-computes, with the same building blocks: the champions' calibrated probabilities
-(appetence for every contact, churn for customers only), :func:`engagement_index`,
-:func:`assign_segments`, :func:`customer_value`, and the explainers of
-:func:`make_explainers` with the typical values of the latest snapshot
-(:func:`typical_by_half`). A contact scored online and in the latest batch run gets the
-same probabilities, stage and reasons.
+It is the response adapter of the decision core (:func:`serving.decision.decide`), the
+function batch scoring (``engage score``) calls too, with the explainers of
+:func:`serving.champions.make_explainers` and the typical values of the latest snapshot:
+a contact scored online and in the latest batch run gets the same probabilities, stage
+and reasons by construction. It does not import the batch scorer.
 
 The hot path avoids per-request overhead that does not change the numbers: the Feast
 feature services are resolved once (``FeatureStore.get_feature_service`` re-reads the
@@ -27,25 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import pandas as pd
 
 from engage.config import Params, Paths
+from engage.specs import MODEL_NAMES
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME
+from features.snapshots import pick_snapshot
+from serving.champions import Champions, load_champions, make_explainers, typical_by_half
+from serving.decision import HALF, DecisionInputError, Layout, decide
 from serving.explain import Explainer
-from serving.index import NURTURE, engagement_index
-from serving.scoring import (
-    Champions,
-    load_champions,
-    make_explainers,
-    pick_snapshot,
-    typical_by_half,
-)
-from serving.segments import NEW, assign_segments
-from serving.segments import REQUIRED as SEGMENT_COLUMNS
-from serving.value import REQUIRED as VALUE_COLUMNS
-from serving.value import customer_value
+from serving.index import NURTURE, STAGES
+from serving.segments import NEW, SEGMENTS
 
-MODELS = ("churn", "appetence")
 # Fixed reference time of the stale-feature flag (ISO-8601); the clock when unset.
 NOW_ENV = "ENGAGE_SERVING_NOW"
 
@@ -154,30 +144,20 @@ class OnlinePredictor:
         from features.store import get_store
 
         self.paths, self.params = paths, params
-        self.champions = champions or load_champions(paths)
+        self.champions = champions or load_champions(paths, params)
         self.versions = dict(self.champions.versions)
         self.store = store if store is not None else get_store(paths)
         snapshot = pick_snapshot(paths.features_dir)
         self.snapshot_as_of = snapshot.as_of
         typical = typical_by_half(snapshot.path, self.champions.features)
         self.explainers: dict[str, Explainer] = make_explainers(self.champions, params, typical)
-
-        # Every column the scoring needs, in one fixed order: the matrix layout.
-        self.inputs = list(
-            dict.fromkeys([*self.champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS])
-        )
-        self._col = {name: j for j, name in enumerate(self.inputs)}
-        self._model_cols = {
-            m: np.array([self._col[f] for f in self._model(m).features]) for m in MODELS
-        }
-        self._segment_cols = [self._col[c] for c in SEGMENT_COLUMNS]
-        self._value_cols = [self._col[c] for c in VALUE_COLUMNS]
-        self._half = self._col["has_purchased"]
+        # Every column the decision needs, in one fixed order: the matrix layout.
+        self.layout = Layout.of(self.champions)
+        self.inputs = self.layout.inputs
+        self._col = self.layout.columns
+        self._half = self._col[HALF]
         self._features = self._resolve_services()
         self._direct = self._direct_plan()
-
-    def _model(self, name: str):
-        return getattr(self.champions, name)
 
     def _resolve_services(self):
         """What to ask Feast for: the champions' feature service, or the union of theirs.
@@ -186,7 +166,7 @@ class OnlinePredictor:
         """
         services = [
             self.store.get_feature_service(name)
-            for name in dict.fromkeys(self._model(m).feature_service for m in MODELS)
+            for name in dict.fromkeys(self.champions[m].feature_service for m in MODEL_NAMES)
         ]
         refs = list(
             dict.fromkeys(
@@ -272,27 +252,6 @@ class OnlinePredictor:
 
     # ------------------------------------------------------------------------ scoring
 
-    def _proba(self, name: str, X: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of model ``name`` for the rows of ``X``.
-
-        What ``EngageModel.predict_proba`` computes - the calibrated booster margin of
-        the model's features in its stored order, as float64 - on the matrix directly:
-        building a frame, reindexing it and converting it back costs more than the
-        prediction of one row.
-        """
-        model = self._model(name)
-        x = np.ascontiguousarray(X[:, self._model_cols[name]])
-        return model.calibrator.transform(model.booster.predict(x, raw_score=True))
-
-    def _reasons(self, name: str, X: np.ndarray, k: int) -> list[list[dict]]:
-        """Top-``k`` reasons of model ``name`` for the rows of ``X``, as dicts.
-
-        ``Explainer.reasons_matrix`` on the model's columns: its frame-based ``reasons``
-        reindexes and converts the inputs twice, half the cost of explaining one row.
-        """
-        x = np.ascontiguousarray(X[:, self._model_cols[name]])
-        return self.explainers[name].reasons_matrix(x, k).records()
-
     def score_matrix(self, X: np.ndarray, explain: bool = False, top_k: int = 3) -> Scored:
         """Score rows of features (every row must be a known contact).
 
@@ -305,46 +264,34 @@ class OnlinePredictor:
             RequestError: ``has_purchased`` is not 0 or 1 in some row.
 
         """
-        n = X.shape[0]
-        half = X[:, self._half]
-        bad = np.flatnonzero(~np.isin(half, (0.0, 1.0)))
-        if len(bad):
-            raise RequestError(f"has_purchased must be 0 or 1 (rows {bad[:10].tolist()})")
-        customer = half == 1.0
-        # As batch scoring: appetence for every contact, churn for customers only.
-        p_purchase = self._proba("appetence", X)
-        p_churn = np.full(n, np.nan)
-        if customer.any():
-            p_churn[customer] = self._proba("churn", X[customer])
-        index = engagement_index(customer.astype("int8"), p_purchase, p_churn, self.params.index)
-        segment = assign_segments(
-            pd.DataFrame(X[:, self._segment_cols], columns=list(SEGMENT_COLUMNS)),
-            self.params.segments,
-        )
-        value = customer_value(
-            pd.DataFrame(X[:, self._value_cols], columns=list(VALUE_COLUMNS)),
-            p_churn,
-            self.params.value,
-        )
+        try:
+            d = decide(
+                X,
+                self.layout,
+                self.champions,
+                self.params,
+                self.explainers,
+                top_k if explain else 0,
+            )
+        except DecisionInputError as err:
+            raise RequestError(str(err)) from None
+        n = len(d)
         reasons = None
         if explain:
-            # Each row is explained by the model that decides its stage.
             reasons = [[] for _ in range(n)]
-            for name, mask in (("appetence", ~customer), ("churn", customer)):
-                if mask.any():
-                    rows = self._reasons(name, X[mask], top_k)
-                    for i, r in zip(np.flatnonzero(mask).tolist(), rows, strict=True):
-                        reasons[i] = r
+            for rows, found in (d.reasons or {}).values():
+                for i, r in zip(rows.tolist(), found.records(), strict=True):
+                    reasons[i] = r
         return Scored(
             known=np.ones(n, dtype=bool),
-            p_purchase=p_purchase,
-            p_churn=p_churn,
-            stage=index["stage"].astype(str).tolist(),
-            engagement_score=index["engagement_score"].to_numpy(),
-            dial_position=index["dial_position"].to_numpy(),
-            segment=[str(s) for s in segment],
-            clv=value["clv"].to_numpy(),
-            value_at_risk=value["value_at_risk"].to_numpy(),
+            p_purchase=d.probabilities["p_purchase"],
+            p_churn=d.probabilities["p_churn"],
+            stage=[STAGES[c] for c in d.stage.tolist()],
+            engagement_score=d.engagement_score,
+            dial_position=d.dial_position,
+            segment=[SEGMENTS[c] for c in d.segment.tolist()],
+            clv=d.clv,
+            value_at_risk=d.value_at_risk,
             reasons=reasons,
             as_of_s=np.full(n, np.nan),
         )

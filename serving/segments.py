@@ -39,6 +39,8 @@ contact returns to its lasting segment (Hero, Lead, ...) once the window passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -101,27 +103,21 @@ def normalise_segment(name: str) -> str:
     raise ValueError(f"unknown segment {name!r}: valid segments are {', '.join(SEGMENTS)}")
 
 
-def assign_segments(features: pd.DataFrame, params: SegmentsParams) -> pd.Categorical:
-    """The lifecycle segment of each row of ``features`` (see the module docstring).
-
-    Args:
-        features: one row per contact with the columns in :data:`REQUIRED`.
-        params: ``segments`` section of params.yaml.
-
-    Returns:
-        A categorical with the categories of :data:`SEGMENTS`, one value per row.
-
-    Raises:
-        ValueError: a required column is missing.
-
-    """
+def _frame_column(features: pd.DataFrame) -> Callable[[str], np.ndarray]:
     missing = [c for c in REQUIRED if c not in features.columns]
     if missing:
         raise ValueError(f"segments: missing feature column(s) {missing}")
+    return lambda name: features[name].to_numpy(dtype="float64", na_value=np.nan)
 
-    def col(name: str) -> np.ndarray:
-        return features[name].to_numpy(dtype="float64", na_value=np.nan)
 
+def segment_codes(col: Callable[[str], np.ndarray], params: SegmentsParams) -> np.ndarray:
+    """The segment of each row as an index into :data:`SEGMENTS` (int8).
+
+    Args:
+        col: gives the float64 values (NaN = missing) of a column of :data:`REQUIRED`.
+        params: ``segments`` section of params.yaml.
+
+    """
     p = params
     customer = col("has_purchased") == 1.0
     last_event = col("days_since_last_event")
@@ -144,6 +140,23 @@ def assign_segments(features: pd.DataFrame, params: SegmentsParams) -> pd.Catego
             | (col("cart_add_count_30d") >= p.lead_min_cart_adds_30d),
         ]
     # argmax of the first True rule; the catch-all Ghost is the index after the last.
-    stacked = np.column_stack([*rules, np.ones(len(features), dtype=bool)])
-    codes = stacked.argmax(axis=1).astype("int8")
+    stacked = np.column_stack([*rules, np.ones(len(customer), dtype=bool)])
+    return stacked.argmax(axis=1).astype("int8")
+
+
+def assign_segments(features: pd.DataFrame, params: SegmentsParams) -> pd.Categorical:
+    """The lifecycle segment of each row of ``features`` (see the module docstring).
+
+    Args:
+        features: one row per contact with the columns in :data:`REQUIRED`.
+        params: ``segments`` section of params.yaml.
+
+    Returns:
+        A categorical with the categories of :data:`SEGMENTS`, one value per row.
+
+    Raises:
+        ValueError: a required column is missing.
+
+    """
+    codes = segment_codes(_frame_column(features), params)
     return pd.Categorical.from_codes(codes, categories=list(SEGMENTS))

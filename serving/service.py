@@ -71,6 +71,7 @@ for _var, _val in (
     os.environ.setdefault(_var, _val)
 
 from engage.config import Params, Paths, load_params, resolve_paths  # noqa: E402
+from engage.specs import MODEL_NAMES  # noqa: E402
 from serving.online import NOW_ENV, parse_now  # noqa: E402
 
 
@@ -362,9 +363,9 @@ class EngageService:
             m: {
                 "version": self.versions[m],
                 "uri": model_uri(m),
-                "features": len(getattr(self.predictor.champions, m).features),
+                "features": len(self.predictor.champions[m].features),
             }
-            for m in ("churn", "appetence")
+            for m in MODEL_NAMES
         }
         return Readiness(
             status="ready",

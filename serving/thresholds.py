@@ -1,24 +1,23 @@
 """Choosing ``index.tau_churn`` / ``index.tau_purchase`` from held-out predictions.
 
-The training run of each champion logs ``test_predictions.parquet`` (customer_id,
-event_timestamp = as-of time, label, p): the calibrated predictions on the held-out
-as-of times. For a threshold t, the contacts with ``p >= t`` land in the model's action
-quadrant (Exit for churn, Purchase for appetence); among them the positives are the true
-positives. Counts are scaled to one snapshot - one scoring run, i.e. the weekly contact
+The training run of each champion logs its calibrated predictions on the held-out as-of
+times (customer_id, event_timestamp = as-of time, label, p; see
+:func:`training.registry.held_out_predictions`). For a threshold t, the contacts with
+``p >= t`` land in the model's action quadrant (Exit for churn, Purchase for
+appetence); among them the positives are the true positives. Counts are scaled to one snapshot - one scoring run, i.e. the weekly contact
 volume with weekly snapshots - by averaging over the held-out as-of times (``per="mean"``)
 or taking the last one (``per="last"``).
 
 The proposal is the lowest threshold (most contacts reached, best recall) whose weekly
 volume fits the team's capacity and/or whose precision reaches the target.
 
-For the appetence model only prospects count (customers never enter the Purchase
-quadrant): held-out rows are joined to the snapshot files' ``has_purchased``.
+For a model that scores more than the half it decides (appetence), only its half counts
+(customers never enter the Purchase quadrant): held-out rows are joined to the snapshot
+files' ``has_purchased``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,59 +25,34 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params, Paths
+from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
 
-# A CLI command prints its own table; MLflow's download bar would only add noise.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-ARTIFACT = "test_predictions.parquet"
-QUADRANT = {"churn": "Exit", "appetence": "Purchase"}
-PARAM = {"churn": "index.tau_churn", "appetence": "index.tau_purchase"}
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def load_held_out(paths: Paths, model: str) -> tuple[pd.DataFrame, str]:
     """The champion's held-out predictions and its version, from its MLflow run.
 
-    For ``appetence``, customers (``has_purchased = 1`` in the snapshot of their as-of
-    time) are dropped when the snapshots are on disk.
+    A model that scores more than the half it decides (appetence scores everyone but
+    decides prospects) keeps only the rows of its half (``has_purchased`` in the
+    snapshot of their as-of time), when the snapshots are on disk.
 
     Raises:
-        LookupError: no champion, or its run has no ``test_predictions.parquet``.
+        ValueError: unknown model.
+        LookupError: no champion, or its run has no held-out predictions.
 
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from training.registry import held_out_predictions
 
-    from training.registry import CHAMPION, setup_mlflow
-
-    if model not in QUADRANT:
-        raise ValueError(f"model must be one of {sorted(QUADRANT)}, got {model!r}")
-    client = setup_mlflow(paths)
-    try:
-        mv = client.get_model_version_by_alias(model, CHAMPION)
-    except MlflowException:
-        raise LookupError(
-            f"no {model!r} model with alias {CHAMPION!r} in {paths.tracking_uri}: "
-            "run `engage train`"
-        ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=mv.run_id, artifact_path=ARTIFACT, dst_path=tmp
-            )
-        except (MlflowException, OSError):
-            raise LookupError(
-                f"{model} v{mv.version} (run {mv.run_id}) has no {ARTIFACT} artifact"
-            ) from None
-        held = pd.read_parquet(local)
-    held[TIMESTAMP] = pd.to_datetime(held[TIMESTAMP], utc=True)
-    if model == "appetence":
-        held = _prospects_only(paths, held)
-    return held, str(mv.version)
+    spec = model_spec(model)
+    held, version = held_out_predictions(paths, model)
+    if spec.scores_everyone:
+        held = _own_half(paths, held, spec.half)
+    return held, version
 
 
-def _prospects_only(paths: Paths, held: pd.DataFrame) -> pd.DataFrame:
+def _own_half(paths: Paths, held: pd.DataFrame, half: int) -> pd.DataFrame:
     from features.snapshots import list_snapshots
 
     files = {s.as_of: s.path for s in list_snapshots(paths.features_dir)}
@@ -89,9 +63,9 @@ def _prospects_only(paths: Paths, held: pd.DataFrame) -> pd.DataFrame:
             # Without the snapshot the half is unknown: keep the rows rather than guess.
             parts.append(rows)
             continue
-        half = pd.read_parquet(path, columns=[ENTITY_KEY, "has_purchased"])
-        merged = rows.merge(half, on=ENTITY_KEY, how="left")
-        parts.append(merged[merged["has_purchased"] != 1].drop(columns="has_purchased"))
+        halves = pd.read_parquet(path, columns=[ENTITY_KEY, "has_purchased"])
+        merged = rows.merge(halves, on=ENTITY_KEY, how="left")
+        parts.append(merged[merged["has_purchased"] == half].drop(columns="has_purchased"))
     return pd.concat(parts, ignore_index=True) if parts else held
 
 
@@ -213,7 +187,7 @@ def propose(
 
 def current_threshold(params: Params, model: str) -> float:
     """The threshold params.yaml uses for ``model``'s quadrant."""
-    return params.index.tau_churn if model == "churn" else params.index.tau_purchase
+    return float(getattr(params.index, model_spec(model).threshold))
 
 
 def candidate_grid(params: Params, model: str, extra: float | None = None) -> list[float]:

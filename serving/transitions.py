@@ -29,7 +29,7 @@ import pandas as pd
 
 from engage.config import Paths, ServingParams
 from features.catalog import ENTITY_KEY
-from serving.scoring import RunInfo, find_run, list_runs
+from serving.runs import RunInfo, find_run, list_runs
 
 LEDGER = "webhook_ledger.json"
 _COLUMNS = [ENTITY_KEY, "stage", "segment", "p_purchase", "p_churn", "value_at_risk"]

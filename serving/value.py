@@ -15,6 +15,8 @@ example: 100 $ a purchase, 12 purchases a year, 1 year gives 1,200 $.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -24,21 +26,52 @@ DAYS_PER_YEAR = 365.25
 REQUIRED = ("has_purchased", "avg_order_value", "purchases_365d", "mean_days_between_purchases")
 
 
-def _col(features: pd.DataFrame, name: str) -> np.ndarray:
-    return features[name].to_numpy(dtype="float64", na_value=np.nan)
+def _frame_column(features: pd.DataFrame) -> Callable[[str], np.ndarray]:
+    missing = [c for c in REQUIRED if c not in features.columns]
+    if missing:
+        raise ValueError(f"value: missing feature column(s) {missing}")
+    return lambda name: features[name].to_numpy(dtype="float64", na_value=np.nan)
 
 
-def purchase_frequency(features: pd.DataFrame, params: ValueParams) -> np.ndarray:
-    """Purchases per year of each row (see the module docstring for the methods)."""
-    per_year = np.nan_to_num(_col(features, "purchases_365d"), nan=0.0)
+def _frequency(col: Callable[[str], np.ndarray], params: ValueParams) -> np.ndarray:
+    per_year = np.nan_to_num(col("purchases_365d"), nan=0.0)
     if params.frequency == "mean_gap":
-        gap = _col(features, "mean_days_between_purchases")
+        gap = col("mean_days_between_purchases")
         with np.errstate(divide="ignore", invalid="ignore"):
             from_gap = DAYS_PER_YEAR / gap
         # A zero gap (two purchases at the same instant) would give an infinite rate.
         usable = np.isfinite(from_gap) & (gap > 0)
         per_year = np.where(usable, from_gap, per_year)
     return per_year
+
+
+def purchase_frequency(features: pd.DataFrame, params: ValueParams) -> np.ndarray:
+    """Purchases per year of each row (see the module docstring for the methods)."""
+    return _frequency(_frame_column(features), params)
+
+
+def value_arrays(
+    col: Callable[[str], np.ndarray], p_churn: np.ndarray, params: ValueParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """CLV and value at risk per row (0 for prospects, never NaN).
+
+    Args:
+        col: gives the float64 values (NaN = missing) of a column of :data:`REQUIRED`.
+        p_churn: churn probability per row (NaN allowed for prospects).
+        params: ``value`` section of params.yaml.
+
+    Raises:
+        ValueError: lengths differ.
+
+    """
+    customer = col("has_purchased") == 1.0
+    q = np.asarray(p_churn, dtype="float64").reshape(-1)
+    if len(q) != len(customer):
+        raise ValueError(f"value: {len(customer)} feature rows but {len(q)} p_churn values")
+    aov = np.nan_to_num(col("avg_order_value"), nan=0.0)
+    clv = np.where(customer, aov * _frequency(col, params) * params.lifespan_years, 0.0)
+    at_risk = np.where(customer, np.nan_to_num(q, nan=0.0) * clv, 0.0)
+    return clv, at_risk
 
 
 def customer_value(
@@ -58,14 +91,5 @@ def customer_value(
         ValueError: a required column is missing, or lengths differ.
 
     """
-    missing = [c for c in REQUIRED if c not in features.columns]
-    if missing:
-        raise ValueError(f"value: missing feature column(s) {missing}")
-    q = np.asarray(p_churn, dtype="float64").reshape(-1)
-    if len(q) != len(features):
-        raise ValueError(f"value: {len(features)} feature rows but {len(q)} p_churn values")
-    customer = _col(features, "has_purchased") == 1.0
-    aov = np.nan_to_num(_col(features, "avg_order_value"), nan=0.0)
-    clv = np.where(customer, aov * purchase_frequency(features, params) * params.lifespan_years, 0)
-    at_risk = np.where(customer, np.nan_to_num(q, nan=0.0) * clv, 0.0)
+    clv, at_risk = value_arrays(_frame_column(features), p_churn, params)
     return pd.DataFrame({"clv": clv, "value_at_risk": at_risk}, index=features.index)

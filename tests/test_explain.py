@@ -10,7 +10,8 @@ import pytest
 import serving.explain as explain
 from engage.config import load_params
 from serving.explain import Explainer, TreeShap, format_value, top_k_indices, typical_values
-from training.model import Calibrator, EngageModel
+from training.fit import fit_calibrator
+from training.model import EngageModel
 
 
 @pytest.mark.parametrize("k", [1, 3, 7, 10, 15])
@@ -66,8 +67,8 @@ def tiny_churn_model() -> tuple[EngageModel, pd.DataFrame]:
         name="churn",
         features=list(X.columns),
         booster=booster,
-        calibrator=Calibrator("sigmoid").fit(margin, y),
-        feature_service="churn_v1",
+        calibrator=fit_calibrator("sigmoid", margin, y),
+        trained_for={"feature_service": "churn_v1"},
     )
     return model, X
 
@@ -186,7 +187,7 @@ def test_unsupported_models_fall_back_to_pred_contrib(monkeypatch):
 def test_contributions_are_additive_and_agree_with_shap(pipeline, name):
     import shap
 
-    from serving.scoring import pick_snapshot
+    from features.snapshots import pick_snapshot
 
     model = pipeline.results[name].engage_model
     frame = pd.read_parquet(pick_snapshot(pipeline.paths.features_dir).path)

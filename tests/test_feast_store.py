@@ -129,7 +129,7 @@ def _entity_rows(built: Built, n_customers: int, seed: int) -> pd.DataFrame:
 
 def test_historical_features_are_the_latest_snapshot_at_or_before_each_time(built):
     entity = _entity_rows(built, n_customers=120, seed=1)
-    got = historical_features(built.store, entity, "churn")
+    got = historical_features(built.store, entity, "churn_v1")
     names = feature_names(built.params)
     ttl = pd.Timedelta(days=built.params.features.ttl_days)
     want = _point_in_time_reference(entity, built.features(), ttl)
@@ -177,7 +177,7 @@ def test_rows_older_than_the_ttl_get_nulls(built):
             )
             entity = pd.concat([entity, edge], ignore_index=True)
             entity[TIMESTAMP] = pd.to_datetime(entity[TIMESTAMP], utc=True)
-            got = historical_features(store, entity, "churn")
+            got = historical_features(store, entity, "churn_v1")
             want = _point_in_time_reference(entity, built.features(), pd.Timedelta(days=ttl_days))
             _assert_same_features(got, want, feature_names(params))
             late = entity[TIMESTAMP] > last + pd.Timedelta(days=ttl_days)
@@ -210,7 +210,7 @@ def test_one_row_per_entity_row_in_input_order_with_unknown_and_duplicate_rows(b
             "label": [1, 0, 1, 1, 0, 1, 0],  # extra columns travel with their row
         }
     )
-    got = historical_features(built.store, entity, "churn")
+    got = historical_features(built.store, entity, "churn_v1")
     names = feature_names(built.params)
 
     assert len(got) == len(entity)
@@ -223,7 +223,7 @@ def test_one_row_per_entity_row_in_input_order_with_unknown_and_duplicate_rows(b
         _assert_same_features(got.iloc[[a]], got.iloc[[b]], names)
     assert got.loc[6, SNAPSHOT_TIME] == snaps[4].timestamp()
     with pytest.raises(ValueError, match="missing columns"):
-        historical_features(built.store, entity.drop(columns=TIMESTAMP), "churn")
+        historical_features(built.store, entity.drop(columns=TIMESTAMP), "churn_v1")
 
 
 def test_timezone_forms_of_entity_times_give_identical_features(built):
@@ -235,7 +235,7 @@ def test_timezone_forms_of_entity_times_give_identical_features(built):
         "plus2": utc.dt.tz_convert("Etc/GMT-2"),  # +02:00
     }
     results = {
-        name: historical_features(built.store, base.assign(**{TIMESTAMP: times}), "churn")
+        name: historical_features(built.store, base.assign(**{TIMESTAMP: times}), "churn_v1")
         for name, times in forms.items()
     }
     assert str(forms["plus2"].iloc[0])[-6:] == "+02:00"
@@ -253,13 +253,13 @@ def _latest_snapshot(built: Built) -> pd.DataFrame:
 def test_online_features_equal_the_latest_offline_snapshot(built):
     latest = _latest_snapshot(built)
     ids = list(np.random.default_rng(4).choice(latest.index, size=1000, replace=False))
-    online = online_features(built.store, ids, "churn")
+    online = online_features(built.store, ids, "churn_v1")
     names = feature_names(built.params)
 
     assert list(online[ENTITY_KEY]) == ids
     _assert_same_features(online, latest.loc[ids].reset_index(), names)
     assert (online[SNAPSHOT_TIME] == built.snapshots[-1].timestamp()).all()
-    unknown = online_features(built.store, ["C9999999"], "appetence")
+    unknown = online_features(built.store, ["C9999999"], "appetence_v1")
     assert unknown[names].isna().all().all()
 
 
@@ -269,9 +269,9 @@ def test_feast_materialize_writes_what_the_fast_path_writes(built):
     latest = _latest_snapshot(built)
     ids = list(latest.index[:500])
     store = built.store
-    before = online_features(store, ids, "churn")
+    before = online_features(store, ids, "churn_v1")
     store.materialize(built.snapshots[-1] - US, built.snapshots[-1] + US)
-    after = online_features(store, ids, "churn")
+    after = online_features(store, ids, "churn_v1")
     names = feature_names(built.params)
     _assert_same_features(after, before, names)
     _assert_same_features(after, latest.loc[ids].reset_index(), names)
@@ -280,7 +280,7 @@ def test_feast_materialize_writes_what_the_fast_path_writes(built):
 def test_rebuild_apply_materialize_is_idempotent(built):
     before_rows = len(built.features())
     ids = list(_latest_snapshot(built).index[:300])
-    before = online_features(built.store, ids, "churn")
+    before = online_features(built.store, ids, "churn_v1")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ENGAGE_DATA_DIR", str(built.paths.data_dir))
         for _ in range(2):
@@ -289,7 +289,7 @@ def test_rebuild_apply_materialize_is_idempotent(built):
     assert sorted(snapshots) == built.snapshots
     assert len(after) == before_rows
     assert not after.duplicated([ENTITY_KEY, TIMESTAMP]).any()
-    online = online_features(built.store, ids, "churn")
+    online = online_features(built.store, ids, "churn_v1")
     _assert_same_features(online, before, feature_names(built.params))
 
 

@@ -25,7 +25,8 @@ def test_notebooks_are_committed_without_outputs():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(pipeline, path, tmp_path):
     from features.snapshots import list_snapshots
-    from serving.scoring import list_runs, score
+    from serving.runs import list_runs
+    from serving.scoring import score
 
     if len(list_runs(pipeline.paths)) < 2:
         for snap in list_snapshots(pipeline.paths.features_dir)[-2:]:

@@ -12,14 +12,10 @@ from typer.testing import CliRunner
 from features.catalog import ENTITY_KEY
 from features.snapshots import list_snapshots, pick_snapshot
 from serving.at_risk import at_risk_list, suggested_action, to_csv, to_json
+from serving.champions import load_champions
 from serving.index import engagement_index
-from serving.scoring import (
-    check_run_id,
-    list_runs,
-    load_champions,
-    read_run,
-    score,
-)
+from serving.runs import check_run_id, list_runs, read_run
+from serving.scoring import score
 from serving.segments import SEGMENTS, assign_segments
 
 pytestmark = pytest.mark.slow
@@ -27,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def champions(pipeline):
-    return load_champions(pipeline.paths)
+    return load_champions(pipeline.paths, pipeline.params)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +47,7 @@ def test_every_contact_of_the_latest_snapshot_is_scored(pipeline, champions, lat
     # The churn model scores customers only; the appetence model scores everyone.
     assert scores.loc[customer, "p_churn"].notna().all()
     assert scores.loc[~customer, "p_churn"].isna().all()
-    np.testing.assert_allclose(scores["p_purchase"], champions.appetence.predict_proba(features))
+    np.testing.assert_allclose(scores["p_purchase"], champions["appetence"].predict_proba(features))
     # Stage, score and dial are the index functions; segments the segment rules.
     index = engagement_index(
         customer, scores["p_purchase"], scores["p_churn"], pipeline.params.index
@@ -79,7 +75,8 @@ def test_every_contact_of_the_latest_snapshot_is_scored(pipeline, champions, lat
 
 
 def test_score_frame_on_a_few_rows(pipeline, champions):
-    from serving.scoring import make_explainers, score_frame, typical_by_half
+    from serving.champions import make_explainers, typical_by_half
+    from serving.scoring import score_frame
 
     snap = pick_snapshot(pipeline.paths.features_dir)
     features = pd.read_parquet(snap.path).head(20)
@@ -98,14 +95,14 @@ def test_batch_features_are_the_online_features(pipeline, champions, latest):
 
     _, scores = read_run(pipeline.paths, latest.run_id)
     ids = scores[ENTITY_KEY].sample(40, random_state=0).tolist()
-    online = online_features(get_store(pipeline.paths), ids, "churn")
+    online = online_features(get_store(pipeline.paths), ids, "churn_v1")
     expected = scores.set_index(ENTITY_KEY).loc[ids]
     np.testing.assert_allclose(
-        champions.appetence.predict_proba(online), expected["p_purchase"], atol=1e-12
+        champions["appetence"].predict_proba(online), expected["p_purchase"], atol=1e-12
     )
     customer = online["has_purchased"].to_numpy() == 1
     np.testing.assert_allclose(
-        champions.churn.predict_proba(online[customer]),
+        champions["churn"].predict_proba(online[customer]),
         expected["p_churn"].to_numpy()[customer],
         atol=1e-12,
     )
@@ -133,7 +130,7 @@ def test_a_failed_run_leaves_no_partial_table(pipeline, champions, latest, monke
     params = pipeline.params.model_copy(
         update={"scoring": pipeline.params.scoring.model_copy(update={"batch_rows": 500})}
     )
-    real = scoring.score_batch
+    real = scoring.to_arrow
     calls = {"n": 0}
 
     def fail_on_second_batch(*args, **kwargs):
@@ -142,7 +139,7 @@ def test_a_failed_run_leaves_no_partial_table(pipeline, champions, latest, monke
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "score_batch", fail_on_second_batch)
+    monkeypatch.setattr(scoring, "to_arrow", fail_on_second_batch)
     before = sorted(p.name for p in paths.scores_dir.iterdir())
     with pytest.raises(RuntimeError, match="disk full"):
         score(paths, params, run_id="broken", champions=champions)
@@ -209,10 +206,8 @@ def test_suggested_actions(stage, segment, words):
 
 
 def test_cli_score_and_at_risk(pipeline, latest):
-    from engage.cli import app
-    from engage.commands.scoring import register
+    from cli.main import app
 
-    register(app)
     runner = CliRunner()
     out = runner.invoke(app, ["at-risk", "--top", "3", "--format", "json"])
     assert out.exit_code == 0, out.output

@@ -24,10 +24,12 @@ import pytest
 import yaml
 
 from features.catalog import ENTITY_KEY
+from features.snapshots import pick_snapshot
 from serving.api_models import PredictFeaturesResponse, PredictResponse
 from serving.at_risk import at_risk_list
 from serving.local_server import LocalServer
-from serving.scoring import pick_snapshot, read_run, score
+from serving.runs import read_run
+from serving.scoring import score
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +46,8 @@ def snapshot(pipeline):
 
 @pytest.fixture(scope="module")
 def servers(pipeline, snapshot, tmp_path_factory):
-    from engage.cli import Context
-    from engage.commands.serve import serve_env
+    from cli.app import Context
+    from cli.serve import serve_env
 
     logs = tmp_path_factory.mktemp("service-logs")
     # The same environment `engage serve` gives the service (the test's params included).
@@ -442,20 +444,11 @@ def test_bentofile_packages_match_pyproject():
 
 
 def test_serve_command_is_registered():
-    import typer
     from typer.testing import CliRunner
 
-    from engage.commands.serve import register
+    from cli.main import app
 
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Root."""
-
-    register(app)
-    register(app)  # idempotent
-    assert [c.name for c in app.registered_commands] == ["serve"]
+    assert [c.name for c in app.registered_commands].count("serve") == 1
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0 and "--port" in result.output
 
@@ -494,8 +487,8 @@ def test_bentoml_build_works_offline(tmp_path):
 def test_engage_serve_binds_loopback_by_default(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import engage.commands.serve as serve_module
-    from engage.cli import app
+    import cli.serve as serve_module
+    from cli.main import app
 
     started = []
 

@@ -91,10 +91,8 @@ def test_held_out_predictions_come_from_the_champion_run(pipeline):
 
 @pytest.mark.slow
 def test_cli_thresholds(pipeline):
-    from engage.cli import app
-    from engage.commands.scoring import register
+    from cli.main import app
 
-    register(app)
     runner = CliRunner()
     out = runner.invoke(app, ["thresholds", "--model", "churn", "--capacity", "50"])
     assert out.exit_code == 0, out.output
@@ -103,4 +101,4 @@ def test_cli_thresholds(pipeline):
     out = runner.invoke(app, ["thresholds", "--model", "appetence", "--target-precision", "0.99"])
     assert out.exit_code == 0 and "Purchase quadrant" in out.output
     out = runner.invoke(app, ["thresholds", "--model", "ltv"])
-    assert out.exit_code == 1 and "--model must be churn or appetence" in out.output
+    assert out.exit_code == 1 and "--model must be one of churn, appetence" in out.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -193,23 +194,37 @@ def test_gate_keeps_a_worse_model_as_challenger_and_same_seed_same_metrics(pipel
 @pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
 def test_calibrator_maps_margins_like_its_sklearn_estimator(method):
     from scipy.special import expit
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
 
-    from training.model import Calibrator
+    from training.fit import fit_calibrator
+    from training.model import Calibrator, ModelFormatError
 
     rng = np.random.default_rng(3)
     margin = rng.normal(size=2000) * 2
     y = (rng.random(2000) < expit(0.7 * margin - 0.4)).astype(int)
-    cal = Calibrator(method).fit(margin, y)
+    cal = fit_calibrator(method, margin, y)
     p = cal.transform(margin)
     assert p.shape == margin.shape and ((p >= 0) & (p <= 1)).all()
     assert (np.diff(p[np.argsort(margin)]) >= 0).all()  # monotone in the margin
     if method == "sigmoid":
-        want = cal._platt.predict_proba(margin.reshape(-1, 1))[:, 1]
-        np.testing.assert_allclose(p, want, rtol=1e-14, atol=0)
+        platt = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), y)
+        want = platt.predict_proba(margin.reshape(-1, 1))[:, 1]
+        np.testing.assert_allclose(p, want, rtol=1e-12, atol=0)
         # The fitted Platt slope and offset recover the generating ones.
-        assert abs(cal._platt.coef_[0, 0] - 0.7) < 0.1
-        assert abs(cal._platt.intercept_[0] + 0.4) < 0.15
+        assert abs(cal.coef - 0.7) < 0.1
+        assert abs(cal.intercept + 0.4) < 0.15
+    else:
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        iso.fit(expit(margin), y)
+        beyond = np.array([-50.0, 50.0, *margin[:100]])  # clipped outside the fitted range
+        np.testing.assert_allclose(cal.transform(beyond), iso.predict(expit(beyond)), atol=1e-12)
+    # Stored as JSON and read back, it maps the same.
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_array_equal(again.transform(margin), p)
     with pytest.raises(ValueError, match="unknown method 'beta'"):
-        Calibrator("beta").fit(margin, y)
-    with pytest.raises(RuntimeError, match="not fitted"):
-        Calibrator(method).transform(margin)
+        fit_calibrator("beta", margin, y)
+    with pytest.raises(ModelFormatError, match="must be one of"):
+        Calibrator.from_dict({"method": "beta"})
+    with pytest.raises(ModelFormatError, match="coef: must be a finite number"):
+        Calibrator.from_dict({"method": "sigmoid", "coef": float("nan"), "intercept": 0})

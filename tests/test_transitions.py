@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from engage.config import PROJECT_ROOT, Paths, ServingParams, load_params
-from serving.scoring import META_KEY, SCHEMA, _empty_reasons
+from serving.runs import META_KEY, SCHEMA
+from serving.scoring import empty_reasons
 from serving.transitions import WebhookError, deliver, read_ledger, stage_transitions
 
 WEEK = pd.Timedelta(days=7)
@@ -43,7 +44,7 @@ def write_run(paths: Paths, run_id: str, as_of: pd.Timestamp, stages: dict[str, 
             "segment": ["Repeat" if c else "Lead" for c in customer],
             "clv": pa.array(np.where(customer, 100.0, 0.0)),
             "value_at_risk": pa.array(np.where(customer, 70.0, 0.0)),
-            "reasons": _empty_reasons(n),
+            "reasons": empty_reasons(n),
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,
             "appetence_version": ["1"] * n,
@@ -188,10 +189,8 @@ def test_client_errors_are_not_retried_and_dead_hosts_fail(runs):
 
 
 def test_cli_transitions_posts_once(runs, monkeypatch):
-    from engage.cli import app
-    from engage.commands.scoring import register
+    from cli.main import app
 
-    register(app)
     monkeypatch.setenv("ENGAGE_DATA_DIR", str(runs.data_dir))
     runner = CliRunner()
     with Receiver() as hook:

@@ -15,10 +15,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engage.config import Params
+from engage.config import Params, Paths
+from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP
 from features.reference import reference_snapshot
-from training.labels import LABEL
+from features.snapshots import require_snapshots
+from training.labels import LABEL, make_labels
 
 
 class LeakageError(AssertionError):
@@ -38,6 +40,32 @@ class Split:
             ts = getattr(self, name)[TIMESTAMP]
             out[name] = f"{ts.min():%Y-%m-%d}..{ts.max():%Y-%m-%d} ({len(ts):,} rows)"
         return out
+
+
+def training_frame(paths: Paths, params: Params, model: str, store=None) -> pd.DataFrame:
+    """Labels at every stored snapshot with an observed window, joined by Feast.
+
+    The features come from the model's FeatureService through
+    ``get_historical_features`` (point in time); with ``training.max_rows_per_snapshot``
+    a fixed-size random sample of contacts is kept per as-of time.
+    """
+    from features.store import get_store, historical_features
+
+    customers = paths.customers if paths.customers.exists() else None
+    times = [s.as_of for s in require_snapshots(paths.features_dir)]
+    labels = make_labels(paths.events, customers, times, params, model)
+    cap = params.training.max_rows_per_snapshot
+    if cap is not None:
+        # A fixed-size random sample per as-of time keeps the Feast retrieval and the
+        # training bounded at millions of contacts; the seed makes it repeatable.
+        labels = (
+            labels.groupby(TIMESTAMP, group_keys=False)
+            .apply(lambda g: g.sample(min(cap, len(g)), random_state=params.training.seed))
+            .sort_values([TIMESTAMP, ENTITY_KEY])
+            .reset_index(drop=True)
+        )
+    store = store or get_store(paths)
+    return historical_features(store, labels, model_spec(model).feature_service)
 
 
 def time_split(frame: pd.DataFrame, params: Params) -> Split:

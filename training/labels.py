@@ -15,18 +15,69 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from engage.config import Params
+from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from features.snapshots import to_utc
 
-Model = Literal["churn", "appetence"]
-MODELS: tuple[Model, ...] = ("churn", "appetence")
 LABEL = "label"
+# The parameters each label rule reads: a model trained with other values answers
+# another question, so they are stored with it and checked before it scores.
+_RULE_PARAMS = {
+    "purchase_in_window": ("conversion_event",),
+    "quiet_in_window": ("churn_activity_types", "active_within_days", "conversion_event"),
+}
+
+
+def label_definition(params: Params, model: str) -> dict[str, Any]:
+    """What the labels of ``model`` mean under ``params``: stored with the trained model.
+
+    Returns:
+        ``model``, ``label_rule``, ``horizon_days``, ``feature_service`` and the
+        parameters the rule reads (e.g. ``churn_activity_types``).
+
+    Raises:
+        ValueError: unknown model.
+
+    """
+    spec = model_spec(model)
+    values = {
+        "conversion_event": params.data.conversion_event,
+        "churn_activity_types": list(params.labels.churn_activity_types),
+        "active_within_days": params.labels.active_within_days,
+    }
+    return {
+        "model": spec.name,
+        "label_rule": spec.label_rule,
+        "horizon_days": params.labels.horizon_days,
+        "feature_service": spec.feature_service,
+        **{k: values[k] for k in _RULE_PARAMS[spec.label_rule]},
+    }
+
+
+def definition_conflicts(trained_for: dict[str, Any], params: Params, model: str) -> list[str]:
+    """How ``params`` contradict what a model was trained for, one line per value.
+
+    An empty list means the model answers the question these params ask. A value the
+    model did not record is not a conflict.
+    """
+    wanted = label_definition(params, model)
+    out = []
+    for key, value in wanted.items():
+        if key in trained_for and trained_for[key] != value:
+            where = f"labels.{key}" if key != "conversion_event" else "data.conversion_event"
+            if key in ("model", "label_rule", "feature_service"):
+                where = key
+            out.append(
+                f"{where}: the model was trained with {trained_for[key]!r}, "
+                f"the parameters say {value!r}"
+            )
+    return out
 
 
 def observed_until(events_path: Path) -> pd.Timestamp:
@@ -53,7 +104,7 @@ def make_labels(
     customers_path: Path | None,
     as_of: Sequence[pd.Timestamp],
     params: Params,
-    model: Model,
+    model: str,
 ) -> pd.DataFrame:
     """Entity rows with labels: ``customer_id``, ``event_timestamp`` (= as_of), ``label``.
 
@@ -67,8 +118,7 @@ def make_labels(
     Raises:
         ValueError: unknown model, or no as-of time has a fully observed window.
     """
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    rule = model_spec(model).label_rule
     lp = params.labels
     end = observed_until(events_path)
     times = labelable(as_of, lp.horizon_days, end)
@@ -94,7 +144,7 @@ def make_labels(
         )
     h_us = lp.horizon_days * 86_400_000_000
     active_us = lp.active_within_days * 86_400_000_000
-    target_types = [conv] if model == "appetence" else list(lp.churn_activity_types)
+    target_types = [conv] if rule == "purchase_in_window" else list(lp.churn_activity_types)
     target_in = ", ".join("'" + t.replace("'", "''") + "'" for t in target_types)
     # Did a target event happen in [as_of, as_of + H)? Features use t < as_of, so every
     # event falls in exactly one of the two (with date-stamped data, a purchase on the
@@ -103,7 +153,7 @@ def make_labels(
         SELECT a.as_of_us, e.customer_id FROM asofs a JOIN ev e
           ON e.ts >= a.as_of_us AND e.ts < a.as_of_us + {h_us}
         WHERE e.event_type IN ({target_in}) GROUP BY ALL"""
-    if model == "appetence":
+    if rule == "purchase_in_window":
         population = f"""
             SELECT a.as_of_us, f.customer_id FROM asofs a JOIN ({first_seen}) f
               ON f.first_us < a.as_of_us"""

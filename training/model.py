@@ -1,23 +1,42 @@
-"""The trained model: a LightGBM booster, a probability calibrator and its feature list.
+"""The trained model and its stored form: text and JSON only, never a pickle.
 
-:class:`EngageModel` is what MLflow stores (inside a pyfunc wrapper whose ``predict``
-returns calibrated probabilities, not labels) and what scoring and serving load. Inputs
-are reindexed to the stored feature list, so column order does not matter, and a
-missing feature is an error that names it.
+:class:`EngageModel` is a LightGBM booster, a probability calibrator, its feature list and
+what it was trained for (horizon, label rule and its parameters, FeatureService). It is
+stored as a folder of two files:
+
+- ``model.json``: format version, name, kind, features, calibrator, ``trained_for`` and
+  training facts;
+- ``booster.txt``: the booster as LightGBM's own text model.
+
+Loading (:func:`read_model_dir`) reads these two files and nothing else: no code in the
+artifact runs and nothing is unpickled, so a tampered model store cannot execute code in
+the scorer or the service. This module imports only numpy, pandas, lightgbm and the
+standard library, because MLflow ships it inside every logged model (``code_paths``) for
+``mlflow.pyfunc.load_model`` (see ``training/pyfunc_entry.py``). Fitting lives in
+:mod:`training.fit`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from scipy.special import expit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
-from engage.config import LightGBMParams, TrainingParams
+FORMAT = "engage-model/1"
+MODEL_JSON = "model.json"
+BOOSTER_TXT = "booster.txt"
+KINDS = ("lightgbm",)
+CALIBRATION_METHODS = ("sigmoid", "isotonic")
+
+
+class ModelFormatError(ValueError):
+    """A stored model is missing a file, has an unknown format or an invalid field."""
 
 
 class FeatureMismatchError(ValueError):
@@ -28,55 +47,118 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Calibrator:
-    """Maps the booster's raw margin to a calibrated probability.
+    """Maps a model's raw margin (log-odds) to a calibrated probability.
 
-    ``isotonic`` fits a monotone step function on the raw probability; ``sigmoid`` (Platt)
-    fits a logistic regression on the margin. Both are fitted on held-out rows.
+    ``sigmoid`` (Platt): ``p = sigmoid(coef * margin + intercept)``. ``isotonic``: the
+    monotone piecewise-linear map of ``sigmoid(margin)`` through the points ``(x, y)``,
+    constant beyond the ends (what scikit-learn's ``IsotonicRegression`` with
+    ``out_of_bounds="clip"`` predicts). Fitted by :func:`training.fit.fit_calibrator`.
     """
 
     method: str
-    _iso: IsotonicRegression | None = None
-    _platt: LogisticRegression | None = None
-
-    def fit(self, margin: np.ndarray, y: np.ndarray) -> Calibrator:
-        if self.method == "isotonic":
-            self._iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-            self._iso.fit(_sigmoid(margin), y)
-        elif self.method == "sigmoid":
-            self._platt = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), y)
-        else:
-            raise ValueError(f"training.calibration: unknown method {self.method!r}")
-        return self
+    coef: float = 1.0
+    intercept: float = 0.0
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
 
     def transform(self, margin: np.ndarray) -> np.ndarray:
-        if self._iso is not None:
-            return np.clip(self._iso.predict(_sigmoid(margin)), 0.0, 1.0)
-        if self._platt is not None:
-            # LogisticRegression.predict_proba on one column, without sklearn's input
-            # validation: a third of the service's scoring time for one contact.
-            z = np.asarray(margin, dtype="float64") * self._platt.coef_[0, 0]
-            return expit(z + self._platt.intercept_[0])
-        raise RuntimeError("calibrator is not fitted")
+        """Calibrated probabilities in [0, 1] for raw margins."""
+        m = np.asarray(margin, dtype="float64")
+        if self.method == "sigmoid":
+            return _sigmoid(m * self.coef + self.intercept)
+        if self.method == "isotonic":
+            return np.clip(np.interp(_sigmoid(m), self.x, self.y), 0.0, 1.0)
+        raise ModelFormatError(f"calibrator.method: unknown method {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        if self.method == "isotonic":
+            return {"method": "isotonic", "x": list(self.x), "y": list(self.y)}
+        return {"method": self.method, "coef": self.coef, "intercept": self.intercept}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Calibrator:
+        """Read :meth:`to_dict` back, checking every field.
+
+        Raises:
+            ModelFormatError: an unknown method or a missing / non-finite number.
+
+        """
+        if not isinstance(doc, dict):
+            raise ModelFormatError("calibrator: must be an object")
+        method = doc.get("method")
+        if method == "sigmoid":
+            return cls("sigmoid", coef=_number(doc, "coef"), intercept=_number(doc, "intercept"))
+        if method == "isotonic":
+            x, y = _numbers(doc, "x"), _numbers(doc, "y")
+            if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:], strict=False)):
+                raise ModelFormatError(
+                    "calibrator: isotonic x and y must be non-empty, of equal length, "
+                    "x non-decreasing"
+                )
+            return cls("isotonic", x=tuple(x), y=tuple(y))
+        raise ModelFormatError(
+            f"calibrator.method: must be one of {list(CALIBRATION_METHODS)}, got {method!r}"
+        )
+
+
+def _number(doc: dict[str, Any], key: str) -> float:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ModelFormatError(f"calibrator.{key}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _numbers(doc: dict[str, Any], key: str) -> list[float]:
+    values = doc.get(key)
+    if not isinstance(values, list):
+        raise ModelFormatError(f"calibrator.{key}: must be a list of numbers")
+    return [_number({key: v}, key) for v in values]
 
 
 @dataclass
 class EngageModel:
-    """A calibrated LightGBM binary classifier over a fixed, named feature list."""
+    """A calibrated LightGBM binary classifier over a fixed, named feature list.
+
+    Attributes:
+        name: registry name (``churn``, ``appetence``).
+        features: the inputs, in the order the booster expects them.
+        booster: the LightGBM booster (trees up to the chosen iteration).
+        calibrator: margin -> probability.
+        trained_for: what the labels meant: ``horizon_days``, ``label_rule`` and its
+            parameters, ``feature_service``. Scoring refuses params that contradict it.
+        training: facts of the training run (split ranges, rows, trees, ...).
+        kind: how it scores (``lightgbm``).
+
+    """
 
     name: str
     features: list[str]
     booster: lgb.Booster
     calibrator: Calibrator
-    feature_service: str
-    metadata: dict = field(default_factory=dict)
+    trained_for: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    kind: str = "lightgbm"
+
+    @property
+    def feature_service(self) -> str:
+        """The Feast FeatureService the model reads (training and serving alike)."""
+        return str(self.trained_for.get("feature_service", ""))
+
+    @property
+    def horizon_days(self) -> int | None:
+        """The label horizon the model was trained for (None if not recorded)."""
+        h = self.trained_for.get("horizon_days")
+        return None if h is None else int(h)
 
     def frame(self, X: pd.DataFrame) -> pd.DataFrame:
         """The inputs in the stored feature order, as float64.
 
         Raises:
             FeatureMismatchError: a feature is missing or not numeric.
+
         """
         missing = [f for f in self.features if f not in X.columns]
         if missing:
@@ -92,9 +174,17 @@ class EngageModel:
                 f"{self.name} model: non-numeric feature(s): {bad[:10]}"
             ) from None
 
+    def margin_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Raw log-odds for a float matrix whose columns are :attr:`features`, in order."""
+        return self.booster.predict(x, raw_score=True)
+
+    def proba_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for a float matrix whose columns are :attr:`features`."""
+        return self.calibrator.transform(self.margin_matrix(x))
+
     def margin(self, X: pd.DataFrame) -> np.ndarray:
         """Raw log-odds of the booster (what SHAP contributions add up to)."""
-        return self.booster.predict(self.frame(X), raw_score=True)
+        return self.margin_matrix(self.frame(X).to_numpy())
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of the positive class, in [0, 1]."""
@@ -111,58 +201,75 @@ class EngageModel:
         return out[:, :-1], out[:, -1]
 
 
-def fit_booster(
-    train_X: pd.DataFrame,
-    train_y: np.ndarray,
-    valid_X: pd.DataFrame,
-    valid_y: np.ndarray,
-    params: LightGBMParams,
-    seed: int,
-) -> lgb.Booster:
-    """Train LightGBM with early stopping on the validation rows (deterministic)."""
-    lgb_params = params.model_dump(exclude={"n_estimators", "early_stopping_rounds"})
-    lgb_params.update(
-        seed=seed,
-        deterministic=True,
-        force_col_wise=True,
-        verbose=-1,
-        metric="binary_logloss",
-    )
-    train = lgb.Dataset(train_X, label=train_y, free_raw_data=False)
-    valid = lgb.Dataset(valid_X, label=valid_y, reference=train, free_raw_data=False)
-    booster = lgb.train(
-        lgb_params,
-        train,
-        num_boost_round=params.n_estimators,
-        valid_sets=[valid],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
-    )
-    # Keep only the trees up to the best iteration, so every later predict (pickled,
-    # served, explained) uses the same model without remembering best_iteration.
-    best = booster.best_iteration or booster.current_iteration()
-    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+def write_model_dir(model: EngageModel, folder: Path) -> Path:
+    """Write ``model.json`` and ``booster.txt`` into ``folder``; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format": FORMAT,
+        "name": model.name,
+        "kind": model.kind,
+        "features": list(model.features),
+        "calibrator": model.calibrator.to_dict(),
+        "trained_for": model.trained_for,
+        "training": model.training,
+    }
+    (folder / BOOSTER_TXT).write_text(model.booster.model_to_string())
+    (folder / MODEL_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
+    return folder
 
 
-def fit_engage_model(
-    name: str,
-    features: list[str],
-    train_X: pd.DataFrame,
-    train_y: np.ndarray,
-    valid_X: pd.DataFrame,
-    valid_y: np.ndarray,
-    params: TrainingParams,
-    feature_service: str,
-    metadata: dict | None = None,
-) -> EngageModel:
-    """LightGBM with early stopping on the validation rows, then calibrated on them."""
-    Xtr, Xva = train_X[features].astype(float), valid_X[features].astype(float)
-    booster = fit_booster(Xtr, train_y, Xva, valid_y, params.lightgbm, params.seed)
-    calibrator = Calibrator(params.calibration).fit(booster.predict(Xva, raw_score=True), valid_y)
+def read_model_dir(folder: Path) -> EngageModel:
+    """Read a model folder written by :func:`write_model_dir` (text and JSON only).
+
+    Raises:
+        ModelFormatError: a file is missing, the format is unknown, or a field is
+            invalid (the message names the file and the field).
+
+    """
+    folder = Path(folder)
+    path = folder / MODEL_JSON
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing (not a model folder of this product)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ModelFormatError(f"{path}: format must be {FORMAT!r}, got {got!r}")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ModelFormatError(f"{path}: kind must be one of {list(KINDS)}, got {kind!r}")
+    features = doc.get("features")
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(f, str) for f in features)
+    ):
+        raise ModelFormatError(f"{path}: features must be a non-empty list of names")
+    for key in ("trained_for", "training"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise ModelFormatError(f"{path}: {key} must be an object")
+    booster_path = folder / BOOSTER_TXT
+    if not booster_path.is_file():
+        raise ModelFormatError(f"{booster_path}: missing")
+    try:
+        booster = lgb.Booster(model_str=booster_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, lgb.basic.LightGBMError) as err:
+        raise ModelFormatError(f"{booster_path}: not a LightGBM text model ({err})") from None
+    if booster.feature_name() != features:
+        raise ModelFormatError(f"{booster_path}: its features differ from those of {path.name}")
+    try:
+        calibrator = Calibrator.from_dict(doc.get("calibrator"))
+    except ModelFormatError as err:
+        raise ModelFormatError(f"{path}: {err}") from None
     return EngageModel(
-        name=name,
+        name=str(doc.get("name", "")),
         features=features,
         booster=booster,
         calibrator=calibrator,
-        feature_service=feature_service,
-        metadata=metadata or {},
+        trained_for=dict(doc.get("trained_for") or {}),
+        training=dict(doc.get("training") or {}),
+        kind=kind,
     )

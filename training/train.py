@@ -1,7 +1,9 @@
-"""Train one model end to end.
+"""Train one model end to end: data, the pure fit-and-evaluate step, then MLflow.
 
-Labels, Feast training set, purged time split, leakage checks, LightGBM, calibration,
-baselines, evaluation, MLflow logging, registration and the promotion gate.
+:func:`train_model` builds the training frame (labels and Feast features), checks it for
+leakage, calls :func:`training.fit_evaluate.fit_and_evaluate`, then
+:func:`log_and_register`: the promotion gate, the MLflow run (parameters, metrics, tags,
+plots, held-out predictions, the model as text and JSON) and the registry alias.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ import pandas as pd
 
 from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
-from features.snapshots import require_snapshots
-from features.store import MODEL_SERVICES, get_store, historical_features
-from training.baselines import logistic_baseline, rfm_score
-from training.dataset import Split, audit_against_events, check_feature_times, time_split
-from training.evaluate import plot_curves, plot_importance, probability_metrics, ranking_metrics
-from training.labels import LABEL, Model, make_labels
-from training.model import EngageModel, fit_engage_model
+from training.dataset import audit_against_events, check_feature_times, training_frame
+from training.evaluate import plot_curves, plot_importance, probability_metrics
+from training.fit_evaluate import Evaluation, fit_and_evaluate
+from training.labels import LABEL
+from training.model import EngageModel
 from training.registry import (
     CHALLENGER,
     CHAMPION,
+    HELD_OUT,
+    METRICS,
+    PLOTS,
     GateDecision,
     alias_version,
     experiment_id,
+    load_model,
+    log_model,
     setup_mlflow,
 )
 
@@ -49,11 +54,6 @@ class TrainResult:
     ranges: dict[str, str]
     engage_model: EngageModel = field(repr=False)
     test: pd.DataFrame = field(repr=False)
-
-
-def snapshot_times_on_disk(paths: Paths) -> list[pd.Timestamp]:
-    """As-of times of the stored feature snapshots."""
-    return [s.as_of for s in require_snapshots(paths.features_dir)]
 
 
 def data_fingerprint(events_path: Path) -> str:
@@ -78,38 +78,18 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def training_frame(paths: Paths, params: Params, model: Model, store=None) -> pd.DataFrame:
-    """Labels at every stored snapshot with an observed window, joined by Feast."""
-    customers = paths.customers if paths.customers.exists() else None
-    labels = make_labels(paths.events, customers, snapshot_times_on_disk(paths), params, model)
-    cap = params.training.max_rows_per_snapshot
-    if cap is not None:
-        # A fixed-size random sample per as-of time keeps the Feast retrieval and the
-        # training bounded at millions of contacts; the seed makes it repeatable.
-        labels = (
-            labels.groupby(TIMESTAMP, group_keys=False)
-            .apply(lambda g: g.sample(min(cap, len(g)), random_state=params.training.seed))
-            .sort_values([TIMESTAMP, ENTITY_KEY])
-            .reset_index(drop=True)
-        )
-    store = store or get_store(paths)
-    return historical_features(store, labels, model)
-
-
-def _gate(
-    client, name: str, new_score: float, test: pd.DataFrame, y: np.ndarray, params: Params
+def promotion_gate(
+    paths: Paths, name: str, new_score: float, test: pd.DataFrame, y: np.ndarray, params: Params
 ) -> GateDecision:
     """Champion alias only if at least as good as the current champion on these rows."""
     metric, tol = params.training.promotion_metric, params.training.promotion_tolerance
-    version = alias_version(client, name, CHAMPION)
+    version = alias_version(setup_mlflow(paths), name, CHAMPION)
     if version is None:
         return GateDecision(CHAMPION, "no champion yet", new_score, None, None)
-    import mlflow.pyfunc
-
-    champ = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}").unwrap_python_model().model
     try:
+        champ, _ = load_model(paths, name)
         p = champ.predict_proba(test)
-    except ValueError as err:
+    except (ValueError, LookupError) as err:
         return GateDecision(
             CHAMPION,
             f"champion v{version} cannot score these rows ({err})",
@@ -138,66 +118,27 @@ def _shap_beeswarm(model: EngageModel, X: pd.DataFrame, path: Path, seed: int) -
     return path
 
 
-def train_model(
-    paths: Paths,
-    params: Params,
-    model: Model,
-    progress: Progress | None = None,
-    frame: pd.DataFrame | None = None,
-) -> TrainResult:
-    """Train, evaluate against baselines, log to MLflow, register, apply the gate.
+def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -> TrainResult:
+    """Gate, log the run to MLflow, register the model and set its alias.
 
     Args:
         paths: resolved locations.
         params: the parsed params.yaml.
-        model: ``churn`` or ``appetence``.
-        progress: called with a short message at each stage.
-        frame: a ready training frame (labels + features), else built from Feast.
+        model: the model name.
+        ev: the output of :func:`training.fit_evaluate.fit_and_evaluate`.
 
-    Returns:
-        The registered version, its alias, the reason, and test metrics.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
-    say = progress or (lambda _m: None)
     tp = params.training
-    say("training set from Feast")
-    if frame is None:
-        frame = training_frame(paths, params, model)
-    features = model_feature_names(params)
-    check_feature_times(frame)
-    say("leakage audit")
-    customers = paths.customers if paths.customers.exists() else None
-    audit_against_events(frame, paths.events, customers, params, features, seed=tp.seed)
-    split: Split = time_split(frame, params)
-    Xtr, ytr = split.train[features], split.train[LABEL].to_numpy()
-    Xva, yva = split.valid[features], split.valid[LABEL].to_numpy()
-    Xte, yte = split.test[features], split.test[LABEL].to_numpy()
-    for name, y in (("train", ytr), ("valid", yva), ("test", yte)):
-        if len(np.unique(y)) < 2:
-            raise ValueError(f"{model}: the {name} split has a single class; more data needed")
-
-    say("LightGBM")
-    engage_model = fit_engage_model(model, features, Xtr, ytr, Xva, yva, tp, MODEL_SERVICES[model])
-    booster = engage_model.booster
-    p_test = engage_model.predict_proba(Xte)
-
-    say("baselines")
-    logreg = logistic_baseline(tp.seed).fit(Xtr.astype(float), ytr)
-    p_lr = logreg.predict_proba(Xte.astype(float))[:, 1]
-    s_rfm = rfm_score(Xte, model)
-    metrics = {
-        "model": probability_metrics(yte, p_test, tp.ece_bins),
-        "logreg": probability_metrics(yte, p_lr, tp.ece_bins),
-        "rfm": ranking_metrics(yte, s_rfm),
-    }
-
-    say("MLflow")
+    fitted, test, yte = ev.model, ev.split.test, ev.y_test
+    Xte = test[ev.features]
     client = setup_mlflow(paths)
     exp = experiment_id(client, paths, model)
-    ranges = split.ranges()
-    decision = _gate(client, model, metrics["model"][tp.promotion_metric], Xte, yte, params)
+    ranges = ev.split.ranges()
+    decision = promotion_gate(
+        paths, model, ev.metrics["model"][tp.promotion_metric], Xte, yte, params
+    )
     with mlflow.start_run(experiment_id=exp) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(
             {
@@ -205,17 +146,17 @@ def train_model(
                 "calibration": tp.calibration,
                 "horizon_days": params.labels.horizon_days,
                 "seed": tp.seed,
-                "n_features": len(features),
-                "best_iteration": booster.current_iteration(),
+                "n_features": len(ev.features),
+                "best_iteration": fitted.booster.current_iteration(),
             }
         )
-        for who, m in metrics.items():
+        for who, m in ev.metrics.items():
             mlflow.log_metrics({f"test_{who}_{k}": v for k, v in m.items()})
         mlflow.log_metrics(
             {
-                "train_rows": len(Xtr),
-                "valid_rows": len(Xva),
-                "test_rows": len(Xte),
+                "train_rows": len(ev.split.train),
+                "valid_rows": len(ev.split.valid),
+                "test_rows": len(test),
                 "test_positive_rate": float(yte.mean()),
             }
         )
@@ -223,7 +164,7 @@ def train_model(
             {
                 "git_commit": git_commit(paths.root),
                 "data_fingerprint": data_fingerprint(paths.events),
-                "feature_service": MODEL_SERVICES[model],
+                "feature_service": fitted.feature_service,
                 "as_of_train": ranges["train"],
                 "as_of_valid": ranges["valid"],
                 "as_of_test": ranges["test"],
@@ -232,33 +173,21 @@ def train_model(
             }
         )
         out = Path(tmp)
-        scores = {"LightGBM": p_test, "logistic": p_lr, "RFM": s_rfm}
-        for path in plot_curves(yte, scores, out, model):
-            mlflow.log_artifact(str(path), "plots")
-        gains = booster.feature_importance("gain")
-        mlflow.log_artifact(str(plot_importance(features, gains, out / "importance.png")), "plots")
-        mlflow.log_artifact(
-            str(_shap_beeswarm(engage_model, Xte, out / "shap_beeswarm.png", tp.seed)), "plots"
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        mlflow.log_artifact(str(out / "metrics.json"))
+        for path in plot_curves(yte, ev.test_scores, out, model):
+            mlflow.log_artifact(str(path), PLOTS)
+        gains = fitted.booster.feature_importance("gain")
+        imp = plot_importance(ev.features, gains, out / "importance.png")
+        mlflow.log_artifact(str(imp), PLOTS)
+        beeswarm = _shap_beeswarm(fitted, Xte, out / "shap_beeswarm.png", tp.seed)
+        mlflow.log_artifact(str(beeswarm), PLOTS)
+        (out / METRICS).write_text(json.dumps(ev.metrics, indent=2))
+        mlflow.log_artifact(str(out / METRICS))
         # The test rows and scores, so the threshold helper and the report can reuse them.
-        held_out = split.test[[ENTITY_KEY, TIMESTAMP, LABEL]].copy()
-        held_out["p"] = p_test
-        held_out.to_parquet(out / "test_predictions.parquet")
-        mlflow.log_artifact(str(out / "test_predictions.parquet"))
-
-        from training.pyfunc import EngagePyfunc
-
-        example = Xte.head(5).astype(float)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=EngagePyfunc(engage_model),
-            signature=infer_signature(example, engage_model.predict_proba(example)),
-            input_example=example,
-            pip_requirements=_requirements(),
-            registered_model_name=model,
-        )
+        held_out = test[[ENTITY_KEY, TIMESTAMP, LABEL]].copy()
+        held_out["p"] = ev.p_test
+        held_out.to_parquet(out / HELD_OUT)
+        mlflow.log_artifact(str(out / HELD_OUT))
+        info = log_model(fitted, Xte.head(5).astype(float), _requirements())
         version = str(info.registered_model_version)
         client.set_registered_model_alias(model, decision.alias, version)
         client.set_model_version_tag(model, version, "gate", decision.reason)
@@ -269,18 +198,56 @@ def train_model(
         alias=decision.alias,
         reason=decision.reason,
         run_id=run_id,
-        metrics=metrics,
+        metrics=ev.metrics,
         ranges=ranges,
-        engage_model=engage_model,
-        test=split.test,
+        engage_model=fitted,
+        test=test,
     )
+
+
+def train_model(
+    paths: Paths,
+    params: Params,
+    model: str,
+    progress: Progress | None = None,
+    frame: pd.DataFrame | None = None,
+) -> TrainResult:
+    """Train, evaluate against baselines, log to MLflow, register, apply the gate.
+
+    Args:
+        paths: resolved locations.
+        params: the parsed params.yaml.
+        model: a model name of :data:`engage.specs.MODEL_SPECS`.
+        progress: called with a short message at each stage.
+        frame: a ready training frame (labels + features), else built from Feast.
+
+    Returns:
+        The registered version, its alias, the reason, and test metrics.
+
+    """
+    say = progress or (lambda _m: None)
+    say("training set from Feast")
+    if frame is None:
+        frame = training_frame(paths, params, model)
+    check_feature_times(frame)
+    say("leakage audit")
+    customers = paths.customers if paths.customers.exists() else None
+    audit_against_events(
+        frame,
+        paths.events,
+        customers,
+        params,
+        model_feature_names(params),
+        seed=params.training.seed,
+    )
+    say("LightGBM and baselines")
+    ev = fit_and_evaluate(frame, params, model)
+    say("MLflow")
+    return log_and_register(paths, params, model, ev)
 
 
 def _requirements() -> list[str]:
     # Explicit pins: inferring them costs seconds and lists unrelated packages.
     from importlib.metadata import version
 
-    return [
-        f"{pkg}=={version(pkg)}"
-        for pkg in ("lightgbm", "scikit-learn", "pandas", "numpy", "mlflow")
-    ]
+    return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "pandas", "numpy", "mlflow")]

@@ -1,32 +1,20 @@
 """``engage score``, ``at-risk``, ``thresholds`` and ``transitions``.
 
-The commands take the same ``typer.Context`` as the rest of the CLI (``ctx.obj`` is
-``engage.cli.Context`` with ``params`` and ``paths``); :func:`register` adds them to the
-main app. The modules they call live in ``serving/``; imports are deferred so
-``engage --help`` stays fast.
+The modules they call live in ``serving/``; imports are deferred so ``engage --help``
+stays fast.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from engage.ui import console, progress
-
-if TYPE_CHECKING:
-    from engage.cli import Context
-
-
-def _obj(ctx: typer.Context) -> Context:
-    return ctx.obj
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
+from cli.app import app, context, fail
+from cli.ui import console, progress
+from engage.specs import MODEL_NAMES, model_spec
 
 
 def _pct(x: float | None) -> str:
@@ -36,6 +24,7 @@ def _pct(x: float | None) -> str:
 # ---------------------------------------------------------------------------- score
 
 
+@app.command("score")
 def score_command(
     ctx: typer.Context,
     as_of: Annotated[
@@ -50,7 +39,7 @@ def score_command(
     """Score every known contact with the champion models into scores/run=<id>.parquet."""
     from serving.scoring import score
 
-    c = _obj(ctx)
+    c = context(ctx)
     with progress() as bar:
         task = bar.add_task("scoring contacts", total=None)
 
@@ -60,7 +49,7 @@ def score_command(
         try:
             run = score(c.paths, c.params, as_of=as_of, run_id=run_id, progress=tick)
         except (FileNotFoundError, LookupError, ValueError) as err:
-            _fail(str(err))
+            fail(str(err))
     versions = ", ".join(f"{m} v{v}" for m, v in run.versions.items())
     table = Table(title=f"run {run.run_id}: {run.rows:,} contacts at {run.as_of:%Y-%m-%d %H:%M}")
     table.add_column("stage / segment")
@@ -78,6 +67,7 @@ def score_command(
 # -------------------------------------------------------------------------- at-risk
 
 
+@app.command("at-risk")
 def at_risk_command(
     ctx: typer.Context,
     top: Annotated[int, typer.Option("--top", help="Number of customers.", min=1)] = 20,
@@ -96,12 +86,12 @@ def at_risk_command(
 
     fmt = format_.lower()
     if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
-    c = _obj(ctx)
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    c = context(ctx)
     try:
         info, frame = at_risk_list(c.paths, top=top, segment=segment, run_id=run)
     except (LookupError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     if fmt == "csv":
         typer.echo(to_csv(frame), nl=False)
         return
@@ -138,6 +128,7 @@ def at_risk_command(
 # ----------------------------------------------------------------------- thresholds
 
 
+@app.command("thresholds")
 def thresholds_command(
     ctx: typer.Context,
     model: Annotated[
@@ -157,8 +148,6 @@ def thresholds_command(
 ) -> None:
     """Contacts, TP, FP, precision and recall per threshold on the champion's held-out rows."""
     from serving.thresholds import (
-        PARAM,
-        QUADRANT,
         candidate_grid,
         current_threshold,
         load_held_out,
@@ -166,11 +155,12 @@ def thresholds_command(
         threshold_table,
     )
 
-    if model not in QUADRANT:
-        _fail(f"--model must be churn or appetence, got {model!r}")
+    if model not in MODEL_NAMES:
+        fail(f"--model must be one of {', '.join(MODEL_NAMES)}, got {model!r}")
+    spec = model_spec(model)
     if per not in ("mean", "last"):
-        _fail(f"--per must be mean or last, got {per!r}")
-    c = _obj(ctx)
+        fail(f"--per must be mean or last, got {per!r}")
+    c = context(ctx)
     try:
         held, version = load_held_out(c.paths, model)
         proposal = None
@@ -179,13 +169,13 @@ def thresholds_command(
         grid = candidate_grid(c.params, model, proposal.threshold if proposal else None)
         table_df = threshold_table(held, grid, per)
     except (LookupError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     snaps = held["event_timestamp"].nunique()
     current = current_threshold(c.params, model)
     per_text = "mean of" if per == "mean" else "last of"
     table = Table(
         title=(
-            f"{model} v{version}: {QUADRANT[model]} quadrant per scoring run "
+            f"{model} v{version}: {spec.positive_stage} quadrant per scoring run "
             f"({per_text} {snaps} held-out snapshots, {len(held):,} rows)"
         )
     )
@@ -216,16 +206,18 @@ def thresholds_command(
         console.print(f"[yellow]{escape(proposal.reason)}[/yellow]")
     else:
         console.print(
-            f"proposal: {PARAM[model]} = {proposal.threshold:.4f} ({escape(proposal.reason)}): "
+            f"proposal: {spec.threshold_param} = {proposal.threshold:.4f} "
+            f"({escape(proposal.reason)}): "
             f"{proposal.contacts:,.1f} contacts per run, precision {_pct(proposal.precision)}, "
             f"recall {_pct(proposal.recall)}\n"
-            f"apply with `--set {PARAM[model]}={proposal.threshold:.4f}` or in params.yaml"
+            f"apply with `--set {spec.threshold_param}={proposal.threshold:.4f}` or in params.yaml"
         )
 
 
 # ---------------------------------------------------------------------- transitions
 
 
+@app.command("transitions")
 def transitions_command(
     ctx: typer.Context,
     from_run: Annotated[
@@ -246,11 +238,11 @@ def transitions_command(
     """Contacts whose stage changed between two scoring runs; optionally POSTed once."""
     from serving.transitions import WebhookError, deliver, stage_transitions
 
-    c = _obj(ctx)
+    c = context(ctx)
     try:
         tr = stage_transitions(c.paths, from_run, to_run)
     except (LookupError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"{tr.from_run.run_id} ({tr.from_run.as_of:%Y-%m-%d}) -> {tr.to_run.run_id} "
         f"({tr.to_run.as_of:%Y-%m-%d}): {len(tr.changes):,} stage change(s); "
@@ -286,7 +278,7 @@ def transitions_command(
     try:
         result = deliver(c.paths, tr, url, c.params.serving)
     except WebhookError as err:
-        _fail(f"{err} (not recorded: rerun to retry)")
+        fail(f"{err} (not recorded: rerun to retry)")
     if result.status == "skipped":
         console.print(f"webhook {escape(url)}: already delivered for this pair, not sent again")
     else:
@@ -294,22 +286,3 @@ def transitions_command(
             f"webhook {escape(url)}: delivered (HTTP {result.http_status}, "
             f"{result.attempts} attempt(s))"
         )
-
-
-COMMANDS = {
-    "score": score_command,
-    "at-risk": at_risk_command,
-    "thresholds": thresholds_command,
-    "transitions": transitions_command,
-}
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``score``, ``at-risk``, ``thresholds`` and ``transitions`` to ``app``.
-
-    Idempotent: a command name the app already has is left alone.
-    """
-    have = {c.name for c in app.registered_commands}
-    for name, fn in COMMANDS.items():
-        if name not in have:
-            app.command(name)(fn)

@@ -14,17 +14,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 
-if TYPE_CHECKING:
-    from engage.cli import Context
-
-console = Console()
+from cli.app import Context, app, context
+from cli.ui import console
 
 
 def serve_env(c: Context, now: str | None = None, workers: int | None = None) -> dict[str, str]:
@@ -70,6 +67,7 @@ def serve_env(c: Context, now: str | None = None, workers: int | None = None) ->
     return env
 
 
+@app.command("serve")
 def serve_command(
     ctx: typer.Context,
     host: Annotated[
@@ -93,7 +91,7 @@ def serve_command(
     ] = None,
 ) -> None:
     """Start the prediction service (POST /predict, /predict_features, /at_risk)."""
-    c: Context = ctx.obj
+    c = context(ctx)
     host = host or c.params.serving.host
     port = port or c.params.serving.port
     try:
@@ -126,9 +124,3 @@ def serve_command(
         return
     if code:
         raise typer.Exit(code)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``serve`` to ``app`` (idempotent)."""
-    if "serve" not in {c.name for c in app.registered_commands}:
-        app.command("serve")(serve_command)

@@ -1,44 +1,24 @@
-"""``engage bench cdnow``: the real-data benchmark on CDNOW's 39-week holdout.
+"""``engage bench cdnow``: the models against BG/NBD and simple rules on real data.
 
-The logic lives in ``benchmarks/bench_cdnow.py`` (also runnable as
-``python -m benchmarks.bench_cdnow``); :func:`register` adds the command to the
-``bench`` group of the main app. ``ctx.obj`` is ``engage.cli.Context``.
+The evaluation lives in ``evaluation/cdnow.py``; ``python -m benchmarks.bench_cdnow``
+runs the same and records it in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from engage.cli import Context
-
-console = Console()
+from cli.app import bench_app, context, fail
+from cli.ui import console
 
 
-def _bench_module() -> ModuleType:
-    try:
-        from benchmarks import bench_cdnow
-    except ModuleNotFoundError as err:
-        if err.name != "benchmarks":
-            raise
-        # benchmarks/ is a folder of the checkout, not part of the installed package,
-        # and the `engage` console script does not put the project root on sys.path.
-        from engage.config import PROJECT_ROOT
-
-        sys.path.insert(0, str(PROJECT_ROOT))
-        from benchmarks import bench_cdnow
-    return bench_cdnow
-
-
+@bench_app.command("cdnow")
 def cdnow_command(
     ctx: typer.Context,
     data_dir: Annotated[
@@ -52,13 +32,16 @@ def cdnow_command(
     rehearsal: Annotated[
         bool, typer.Option(help="Also run the recipe inside the calibration period.")
     ] = True,
-    write: Annotated[bool, typer.Option(help="Write the cdnow section of BENCHMARKS.md.")] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Markdown report to write (default: <data dir>/reports/bench_cdnow.md)."),
+    ] = None,
 ) -> None:
     """CDNOW: predict repeat buyers of the 39-week holdout vs BG/NBD and heuristics."""
     from engage.config import load_params
+    from evaluation import cdnow as bench
 
-    c: Context = ctx.obj
-    bench = _bench_module()
+    c = context(ctx)
     params = c.params
     if params.profile != "cdnow":
         # The split, horizons and validation are CDNOW's: use its profile.
@@ -78,8 +61,7 @@ def cdnow_command(
             ),
         )
     except (FileNotFoundError, ImportError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from None
+        fail(str(err))
 
     h = result["holdout"]
     table = Table(title=f"CDNOW 39-week holdout, {h['customers']:,} customers")
@@ -96,17 +78,8 @@ def cdnow_command(
         )
     console.print(table)
     console.print(f"actual buyers: {h['metrics']['model']['observed_share']:.1%}")
-    if write:
-        command = "engage bench cdnow"
-        if customers is not None:
-            command += f" --customers {customers} --seed {seed}"
-        if not rehearsal:
-            command += " --no-rehearsal"
-        console.print(f"wrote {bench.write_report(result, command)}")
+    out = out or c.paths.reports_dir / "bench_cdnow.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(bench.report_markdown(result), encoding="utf-8")
+    console.print(f"report: {out}")
     console.print(f"[dim]{result['seconds']:.0f} s, peak RSS {result['peak_rss_mb']:,.0f} MB[/dim]")
-
-
-def register(bench_app: typer.Typer) -> None:
-    """Add ``cdnow`` to the ``bench`` group; idempotent."""
-    if "cdnow" not in {c.name for c in bench_app.registered_commands}:
-        bench_app.command("cdnow")(cdnow_command)

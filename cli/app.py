@@ -1,0 +1,99 @@
+"""The root of the ``engage`` command line: the app, its groups, one context, one console.
+
+Every command reads ``params.yaml`` once (``--profile``, ``--params`` and ``--set`` adjust
+it) into a :class:`Context` and prints through :data:`cli.ui.console`. The command
+modules (``cli/data.py``, ``cli/features.py``, ...) add their commands to the groups
+defined here; :mod:`cli.main` imports them all.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.markup import escape
+
+from cli.ui import console
+from engage.config import ConfigError, Params, Paths, load_params, resolve_paths
+
+# Everything runs offline: no telemetry from the ML libraries, no download bars.
+OFFLINE_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "true",
+    "FEAST_USAGE": "False",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+app = typer.Typer(
+    help="Churn and appetence prediction on an engagement index.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Create, import and validate event data.", no_args_is_help=True)
+features_app = typer.Typer(help="Build point-in-time features into Feast.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Evaluate the models against simple baselines on real data.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+app.add_typer(bench_app, name="bench")
+
+
+@dataclass
+class Context:
+    """What every command gets: the parsed parameters and the resolved paths."""
+
+    params: Params
+    paths: Paths
+
+
+def context(ctx: typer.Context) -> Context:
+    """The :class:`Context` of the running command."""
+    return ctx.obj
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` and exit with ``code`` (no traceback)."""
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """A titled section of output that ends with its duration."""
+    start = time.perf_counter()
+    console.rule(f"[bold]{title}")
+    yield
+    console.print(f"[dim]{title}: {time.perf_counter() - start:.1f} s[/dim]")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    profile: Annotated[
+        str | None, typer.Option(help="Overlay profiles.NAME of params.yaml (e.g. cdnow).")
+    ] = None,
+    params_file: Annotated[
+        Path | None, typer.Option("--params", help="Another params.yaml.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a parameter: dotted.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Read params.yaml once for the command."""
+    for var, value in OFFLINE_ENV.items():
+        os.environ.setdefault(var, value)
+    try:
+        params = load_params(params_file, profile=profile, overrides=tuple(set_ or ()))
+    except ConfigError as err:
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from None
+    ctx.obj = Context(params, resolve_paths(params))

@@ -1,0 +1,81 @@
+"""``engage run``: the whole pipeline on the demo data, and ``engage report``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import Context, app, context, fail, step
+from cli.data import simulate
+from cli.features import build_features
+from cli.models import train_models
+from cli.ui import console
+
+
+def score_last_two(c: Context) -> None:
+    """Score the previous snapshot and the latest, so the report shows stage movements."""
+    from features.snapshots import list_snapshots
+    from serving.scoring import score
+
+    snaps = list_snapshots(c.paths.features_dir)
+    targets = [s.as_of for s in snaps[-2:]]
+    for as_of in targets:
+        try:
+            run_ = score(c.paths, c.params, as_of=as_of)
+        except (FileNotFoundError, LookupError, ValueError) as err:
+            fail(str(err))
+        console.print(
+            f"run {run_.run_id}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
+            f"stages {run_.stages}"
+        )
+
+
+def write_report(c: Context, out: Path | None = None) -> Path:
+    """Build the HTML report; returns its path."""
+    from reporting.report import build_report
+
+    try:
+        return build_report(c.paths, c.params, out)
+    except (FileNotFoundError, LookupError) as err:
+        fail(str(err))
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write.")] = None,
+) -> None:
+    """Write the self-contained HTML report (index, KPIs, models, SHAP, at-risk list)."""
+    with console.status("building the report"):
+        path = write_report(context(ctx), out)
+    console.print(f"report: [bold]{path}[/bold]")
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    customers: Annotated[int | None, typer.Option(help="Demo contacts to simulate.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of demo history.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Re-simulate even if events already exist.")] = False,
+) -> None:
+    """Run the whole pipeline on the demo data: simulate, features, train, score, report."""
+    c = context(ctx)
+    start = time.perf_counter()
+    if fresh or not c.paths.events.exists():
+        with step("1. demo data"):
+            simulate(c, customers, days, None)
+    else:
+        console.print(f"using existing events {c.paths.events} (--fresh to re-simulate)")
+    with step("2. features"):
+        build_features(c, None)
+    with step("3. models"):
+        train_models(c, "all")
+    with step("4. batch scoring"):
+        score_last_two(c)
+    with step("5. report"):
+        path = write_report(c)
+    console.print(f"[bold green]pipeline done[/bold green] in {time.perf_counter() - start:.0f} s")
+    console.print(f"report: [bold]{path}[/bold]")

@@ -1,1 +1,0 @@
-"""Groups of ``engage`` sub-commands, each with a ``register(app)`` that adds them."""

@@ -1,0 +1,163 @@
+"""The decision core: one function from a feature matrix to every score of a contact.
+
+Batch scoring (:mod:`serving.scoring`, an Arrow/Parquet adapter) and online prediction
+(:mod:`serving.online`, a response adapter) both call :func:`decide`, so a contact gets
+the same probabilities, stage, segment, value and reasons either way by construction.
+
+The input is one float64 matrix (rows x :attr:`Layout.inputs`, NaN = not observed) in a
+fixed column order: every model's features, then what the segment and value rules read.
+Per model of :data:`engage.specs.MODEL_SPECS`: its calibrated probability for every
+contact or only for its own half, then the engagement index (:mod:`serving.index`), the
+lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`)
+and, on request, the top-k reasons of the model that decides each contact's stage.
+Everything is numpy: no frame is built, which is most of the cost of one contact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engage.config import Params
+from engage.specs import MODEL_SPECS
+from serving.champions import Champions
+from serving.explain import Explainer, Reasons
+from serving.index import index_arrays
+from serving.segments import REQUIRED as SEGMENT_COLUMNS
+from serving.segments import segment_codes
+from serving.value import REQUIRED as VALUE_COLUMNS
+from serving.value import value_arrays
+
+HALF = "has_purchased"
+
+
+class DecisionInputError(ValueError):
+    """The feature matrix cannot be decided as given (the message names the problem)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The column order of the decision matrix for a set of champions."""
+
+    inputs: list[str]
+    columns: dict[str, int]
+    model_columns: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, champions: Champions) -> Layout:
+        """Every model's features, then the segment and value rules' columns."""
+        inputs = list(dict.fromkeys([*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS]))
+        columns = {name: j for j, name in enumerate(inputs)}
+        model_columns = {
+            name: np.array([columns[f] for f in model.features], dtype=np.intp)
+            for name, model in champions.models.items()
+        }
+        return cls(inputs, columns, model_columns)
+
+    def column(self, X: np.ndarray):
+        """A getter of one column of ``X`` by name (what the rules read)."""
+        return lambda name: X[:, self.columns[name]]
+
+
+@dataclass
+class Decisions:
+    """Everything decided for each row of a matrix (arrays in row order).
+
+    Attributes:
+        has_purchased: 1 for a customer, 0 for a prospect (int8).
+        probabilities: per spec's ``probability`` name (``p_purchase``, ``p_churn``),
+            NaN where the model does not score the contact.
+        stage: index into :data:`serving.index.STAGES` (int8).
+        engagement_score: 0-100.
+        dial_position: 0-100.
+        segment: index into :data:`serving.segments.SEGMENTS` (int8).
+        clv: customer lifetime value (0 for prospects).
+        value_at_risk: p_churn x CLV (0 for prospects).
+        reasons: per model, the rows it explains (indices) and their reasons; None when
+            no reasons were asked for.
+
+    """
+
+    has_purchased: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    stage: np.ndarray
+    engagement_score: np.ndarray
+    dial_position: np.ndarray
+    segment: np.ndarray
+    clv: np.ndarray
+    value_at_risk: np.ndarray
+    reasons: dict[str, tuple[np.ndarray, Reasons]] | None
+
+    def __len__(self) -> int:
+        return len(self.has_purchased)
+
+
+def decide(
+    X: np.ndarray,
+    layout: Layout,
+    champions: Champions,
+    params: Params,
+    explainers: dict[str, Explainer] | None = None,
+    top_k: int = 0,
+) -> Decisions:
+    """Decide every score of each row of ``X``.
+
+    Args:
+        X: rows x ``layout.inputs``, float64, NaN = not observed.
+        layout: the column order (:meth:`Layout.of` the same champions).
+        champions: the models.
+        params: the parsed params.yaml (index, segments, value).
+        explainers: per-model explainers; reasons are computed only with these and
+            ``top_k > 0``.
+        top_k: reasons per row.
+
+    Raises:
+        DecisionInputError: ``has_purchased`` is not 0 or 1 in some row.
+        ValueError: a probability outside [0, 1] (a broken model).
+
+    """
+    n = X.shape[0]
+    half = X[:, layout.columns[HALF]]
+    bad = np.flatnonzero(~np.isin(half, (0.0, 1.0)))
+    if len(bad):
+        raise DecisionInputError(
+            f"{HALF} must be 0 or 1 ({len(bad)} row(s), e.g. rows {bad[:10].tolist()})"
+        )
+    customer = half == 1.0
+    probabilities = {}
+    for name, spec in MODEL_SPECS.items():
+        p = np.full(n, np.nan)
+        rows = np.ones(n, dtype=bool) if spec.scores_everyone else half == spec.half
+        if rows.any():
+            x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
+            p[rows] = champions[name].proba_matrix(x)
+        probabilities[spec.probability] = p
+    stage, score, dial = index_arrays(
+        customer.astype("int8"),
+        probabilities["p_purchase"],
+        probabilities["p_churn"],
+        params.index,
+    )
+    column = layout.column(X)
+    clv, at_risk = value_arrays(column, probabilities["p_churn"], params.value)
+    reasons = None
+    if explainers is not None and top_k > 0:
+        # Each row is explained by the model that decides its stage.
+        reasons = {}
+        for name, spec in MODEL_SPECS.items():
+            rows = np.flatnonzero(half == spec.half)
+            if len(rows):
+                x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
+                reasons[name] = (rows, explainers[name].reasons_matrix(x, top_k))
+    return Decisions(
+        has_purchased=customer.astype("int8"),
+        probabilities=probabilities,
+        stage=stage,
+        engagement_score=score,
+        dial_position=dial,
+        segment=segment_codes(column, params.segments),
+        clv=clv,
+        value_at_risk=at_risk,
+        reasons=reasons,
+    )

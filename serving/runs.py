@@ -1,0 +1,166 @@
+"""The stored scoring runs: ``<scores dir>/run=<id>.parquet``, one file per run.
+
+This module owns the layout: the Arrow schema of a run, its metadata (run id, as-of
+time, scoring time, model versions, ...), run ids (they become file names, so they are
+checked), and the atomic writer: rows stream to a hidden temporary file named after the
+process, renamed to the final name only when complete, so a killed run never leaves a
+partial table under the final name and two runs never write one temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engage.config import Paths
+from features.catalog import ENTITY_KEY
+from features.snapshots import to_utc
+from serving.explain import REASON_TYPE
+
+RUN_PREFIX = "run="
+RUN_GLOB = f"{RUN_PREFIX}*.parquet"
+META_KEY = b"engage.scoring"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+SCHEMA = pa.schema(
+    [
+        (ENTITY_KEY, pa.string()),
+        ("as_of", pa.timestamp("us", tz="UTC")),
+        ("has_purchased", pa.int8()),
+        ("p_purchase", pa.float64()),
+        ("p_churn", pa.float64()),
+        ("stage", pa.string()),
+        ("engagement_score", pa.float64()),
+        ("dial_position", pa.float64()),
+        ("segment", pa.string()),
+        ("clv", pa.float64()),
+        ("value_at_risk", pa.float64()),
+        ("reasons", pa.list_(REASON_TYPE)),
+        ("run_id", pa.string()),
+        ("churn_version", pa.string()),
+        ("appetence_version", pa.string()),
+    ]
+)
+
+
+def check_run_id(run_id: str) -> str:
+    """Validate a run id (it becomes a file name).
+
+    Raises:
+        ValueError: characters other than letters, digits, ``.``, ``_``, ``-``.
+
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (up to 100 characters, "
+            "starting with a letter or digit)"
+        )
+    return run_id
+
+
+def run_path(paths: Paths, run_id: str) -> Path:
+    """Where the scores of ``run_id`` live."""
+    return paths.scores_dir / f"{RUN_PREFIX}{check_run_id(run_id)}.parquet"
+
+
+@contextlib.contextmanager
+def run_writer(
+    paths: Paths, run_id: str, meta: dict[str, Any]
+) -> Iterator[Callable[[pa.Table], None]]:
+    """Write a run atomically: yields ``write(table)`` for tables of :data:`SCHEMA`.
+
+    ``meta`` is stored in the file's schema metadata. On success the file is renamed to
+    :func:`run_path` (replacing a run with the same id); on any failure,
+    KeyboardInterrupt included, the temporary file is removed.
+    """
+    final = run_path(paths, run_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            yield lambda table: writer.write_table(table.replace_schema_metadata(schema.metadata))
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A stored scoring run (from the file's metadata)."""
+
+    run_id: str
+    path: Path
+    as_of: pd.Timestamp
+    scored_at: pd.Timestamp
+    rows: int
+    versions: dict[str, str]
+
+
+def run_info(path: Path) -> RunInfo:
+    """The metadata of the run stored at ``path``.
+
+    Raises:
+        ValueError: the file is not a scoring run.
+
+    """
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(META_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: not a scoring run (no {META_KEY.decode()} metadata)")
+    m = json.loads(raw)
+    return RunInfo(
+        run_id=m["run_id"],
+        path=path,
+        as_of=to_utc(m["as_of"]),
+        scored_at=to_utc(m["scored_at"]),
+        rows=int(m["rows"]),
+        versions=m["versions"],
+    )
+
+
+def list_runs(paths: Paths) -> list[RunInfo]:
+    """Every stored scoring run, oldest first (by as-of time, then scoring time)."""
+    runs = [run_info(p) for p in paths.scores_dir.glob(RUN_GLOB)]
+    return sorted(runs, key=lambda r: (r.as_of, r.scored_at))
+
+
+def find_run(paths: Paths, run_id: str | None = None) -> RunInfo:
+    """The run ``run_id``, or the latest one.
+
+    Raises:
+        LookupError: no run stored, or no run with that id (the message lists the latest).
+        ValueError: ``run_id`` is not a valid run id.
+
+    """
+    if run_id is not None:
+        check_run_id(run_id)
+    runs = list_runs(paths)
+    if not runs:
+        raise LookupError(f"no scoring run under {paths.scores_dir}: run `engage score`")
+    if run_id is None:
+        return runs[-1]
+    for r in runs:
+        if r.run_id == run_id:
+            return r
+    latest = ", ".join(r.run_id for r in runs[-5:])
+    raise LookupError(f"no scoring run {run_id!r} under {paths.scores_dir} (latest: {latest})")
+
+
+def read_run(
+    paths: Paths, run_id: str | None = None, columns: list[str] | None = None
+) -> tuple[RunInfo, pd.DataFrame]:
+    """Load a stored run (default: the latest) as a frame."""
+    info = find_run(paths, run_id)
+    return info, pd.read_parquet(info.path, columns=columns)
