@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export FEAST_USAGE := False
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test lint format mlflow-ui serve bench clean
+.PHONY: help venv install install-dev run test test-fast lint format mlflow-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
 test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about a minute)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(DEV_STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(body)
     if not args.no_write:
-        cmd = f"engage bench scale --customers {args.customers} --reference {args.reference}"
+        cmd = (
+            f"python -m benchmarks.bench_scale --customers {args.customers} "
+            f"--reference {args.reference}"
+        )
         write_section("scale", "Scale: the whole pipeline", cmd, body)
 
 

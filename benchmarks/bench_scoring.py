@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import ROOT, measure, write_section
+from engage.specs import MODEL_NAMES, MODEL_SPECS
 
 COMMAND = ".venv/bin/python -m benchmarks.bench_scoring {args}"
 MODES = ("baseline", "full")
@@ -50,7 +51,7 @@ def build_pipeline(data_dir: Path, customers: int, days: int) -> dict:
     apply_repo(paths)
     materialize_snapshot(get_store(paths), max(summary.snapshots))
     trees = {}
-    for model in ("churn", "appetence"):
+    for model in MODEL_NAMES:
         result = train_model(paths, params, model)
         trees[model] = result.engage_model.booster.num_trees()
     return {"setup_s": time.perf_counter() - began, "trees": trees}
@@ -65,7 +66,6 @@ def breakdown(paths, params, champions, rows: int) -> dict:
 
     snap = pick_snapshot(paths.features_dir)
     frame = next(pq.ParquetFile(snap.path).iter_batches(batch_size=rows)).to_pandas()
-    customer = frame["has_purchased"].to_numpy() == 1
     t = time.perf_counter()
     explainers = make_explainers(champions, params, typical_by_half(snap.path, champions.features))
     setup_s = time.perf_counter() - t
@@ -73,8 +73,8 @@ def breakdown(paths, params, champions, rows: int) -> dict:
     out = {"rows": len(frame), "predict_s": 0.0, "shap_s": 0.0, "topk_s": 0.0, "text_s": 0.0}
     out["setup_s"] = setup_s
     lgb_rows, lgb_s = 0, 0.0
-    for name, mask in (("appetence", ~customer), ("churn", customer)):
-        model, part = getattr(champions, name), frame[mask]
+    for name, spec in MODEL_SPECS.items():
+        model, part = champions[name], frame[frame["has_purchased"].to_numpy() == spec.half]
         t0 = time.perf_counter()
         model.predict_proba(part)
         t1 = time.perf_counter()
@@ -132,7 +132,7 @@ def worker(mode: str, data_dir: Path) -> dict:
         "load_s": load_s,
         "file_mb": size_mb,
         "as_of": str(pick_snapshot(paths.features_dir).as_of),
-        "trees": {n: getattr(champions, n).booster.num_trees() for n in ("churn", "appetence")},
+        "trees": {n: m.booster.num_trees() for n, m in champions.models.items()},
         "features": len(champions.features),
         "batch_rows": params.scoring.batch_rows,
         "top_k": params.scoring.top_k_reasons,

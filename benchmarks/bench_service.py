@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.report import ROOT, write_section
+from engage.specs import MODEL_NAMES
 from serving.local_server import LocalServer
 
 # The service runs one thread per prediction (serving/service.py); the in-process
@@ -56,7 +57,7 @@ def ensure_pipeline(data_dir: Path, customers: int) -> float:
     paths = resolve_paths(load_params())
     if paths.mlruns_dir.exists():
         client = setup_mlflow(paths)
-        if all(alias_version(client, m) for m in ("churn", "appetence")):
+        if all(alias_version(client, m) for m in MODEL_NAMES):
             return 0.0
     began = time.perf_counter()
     subprocess.run(

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from engage.config import Params, Paths  # noqa: E402
+from engage.specs import MODEL_NAMES  # noqa: E402
 from reporting.kpis import monthly_kpis  # noqa: E402
 from serving.index import STAGES  # noqa: E402
 from serving.segments import SEGMENTS  # noqa: E402
@@ -142,27 +143,16 @@ def _kpi_section(paths: Paths, params: Params) -> str:
     )
 
 
-def _champion_runs(paths: Paths) -> dict[str, tuple[str, object]]:
-    from training.registry import CHAMPION, alias_version, setup_mlflow
-
-    client = setup_mlflow(paths)
-    out = {}
-    for name in ("churn", "appetence"):
-        version = alias_version(client, name, CHAMPION)
-        if version is not None:
-            mv = client.get_model_version(name, version)
-            out[name] = (version, client.get_run(mv.run_id))
-    return out, client
-
-
 def _model_sections(paths: Paths) -> tuple[str, str]:
-    champions, client = _champion_runs(paths)
+    from training.registry import champion_runs
+
+    champions = champion_runs(paths, MODEL_NAMES)
     if not champions:
         note = '<p class="note">No champion model yet: run <code>engage train</code>.</p>'
         return note, note
     quality, shap_html = [], []
-    for name, (version, run) in champions.items():
-        m = run.data.metrics
+    for run in champions:
+        m = run.metrics
         rows = []
         for who, label in (
             ("model", "LightGBM (calibrated)"),
@@ -182,21 +172,16 @@ def _model_sections(paths: Paths) -> tuple[str, str]:
         table = pd.DataFrame(rows)
         fmt = {c: "{:.4f}" for c in ("ROC-AUC", "PR-AUC", "Brier", "ECE")}
         fmt["lift top 10%"] = "{:.2f}"
-        plots = {}
-        local = Path(client.download_artifacts(run.info.run_id, "plots"))
-        for f in ("roc.png", "calibration.png", "gain.png", "shap_beeswarm.png"):
-            if (local / f).exists():
-                plots[f] = (local / f).read_bytes()
+        plots = run.plots
+        test_range = html.escape(run.tags.get("as_of_test", ""))
         quality.append(
-            f"<h3>{name} v{version} (test as-of {html.escape(run.data.tags.get('as_of_test', ''))})"
-            f"</h3>{_table(table, fmt, left=('method',))}<div class='grid'>"
-            + "".join(
-                _img(plots[f], f) for f in ("roc.png", "calibration.png", "gain.png") if f in plots
-            )
+            f"<h3>{run.name} v{run.version} (test as-of {test_range})</h3>"
+            f"{_table(table, fmt, left=('method',))}<div class='grid'>"
+            + "".join(_img(plots[f], f) for f in CURVES if f in plots)
             + "</div>"
         )
         if "shap_beeswarm.png" in plots:
-            shap_html.append(f"<h3>{name}</h3>" + _img(plots["shap_beeswarm.png"], "SHAP", 600))
+            shap_html.append(f"<h3>{run.name}</h3>" + _img(plots["shap_beeswarm.png"], "SHAP", 600))
     return "\n".join(quality), "\n".join(shap_html)
 
 

@@ -4,9 +4,10 @@ The training run of each champion logs its calibrated predictions on the held-ou
 times (customer_id, event_timestamp = as-of time, label, p; see
 :func:`training.registry.held_out_predictions`). For a threshold t, the contacts with
 ``p >= t`` land in the model's action quadrant (Exit for churn, Purchase for
-appetence); among them the positives are the true positives. Counts are scaled to one snapshot - one scoring run, i.e. the weekly contact
-volume with weekly snapshots - by averaging over the held-out as-of times (``per="mean"``)
-or taking the last one (``per="last"``).
+appetence); among them the positives are the true positives. Counts are scaled to one
+snapshot - one scoring run, i.e. the weekly contact volume with weekly snapshots - by
+averaging over the held-out as-of times (``per="mean"``) or taking the last one
+(``per="last"``).
 
 The proposal is the lowest threshold (most contacts reached, best recall) whose weekly
 volume fits the team's capacity and/or whose precision reaches the target.

@@ -54,3 +54,14 @@ def pipeline(tmp_path_factory) -> Pipeline:
             os.environ.pop("ENGAGE_DATA_DIR", None)
         else:
             os.environ["ENGAGE_DATA_DIR"] = old
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the trained pipeline is ``slow``, whatever its file says.
+
+    ``make test-fast`` (``-m "not slow"``) then never trains; a new test that asks for the
+    ``pipeline`` fixture, directly or through another fixture, cannot slip into it.
+    """
+    for item in items:
+        if "pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
