@@ -60,10 +60,11 @@ from engage.config import DATA_DIR_ENV, PROJECT_ROOT, Params, Paths, load_params
 from engage.data.cdnow import load_cdnow
 from engage.data.io import write_customers, write_events
 from engage.schema import CUSTOMER_ID, EVENT_TIME, FIRST_SEEN
+from engage.specs import model_spec
 from features.aggregates import build_features, snapshot_times
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP, model_feature_names
-from features.store import MODEL_SERVICES, apply_repo, get_store, historical_features
-from features.store import snapshot_glob as feast_snapshot_glob
+from features.snapshots import snapshot_glob
+from features.store import apply_repo, get_store, historical_features
 from training.baselines import rfm_score
 from training.dataset import audit_against_events, check_feature_times
 from training.evaluate import probability_metrics, ranking_metrics
@@ -352,7 +353,7 @@ def train_horizon_model(
         valid,
         yva,
         tp,
-        MODEL_SERVICES[MODEL],
+        model_spec(MODEL).feature_service,
         metadata={"horizon_days": params.labels.horizon_days},
     )
     return TrainedHorizonModel(
@@ -504,16 +505,14 @@ def history_ceiling(
 
 
 def _apply_feast(paths: Paths):
-    # Feast imports the repo files as top-level modules and Python caches them, so a
-    # second apply in one process (rehearsal, then holdout) would keep the first split's
-    # snapshot path in its data source: drop them to re-import, then check the path.
-    for repo_file in paths.feature_repo.glob("*.py"):
-        sys.modules.pop(repo_file.stem, None)
+    # Applied twice in one process (rehearsal, then holdout): each split must read its
+    # own snapshots, so check the source path the registry holds.
     apply_repo(paths)
     store = get_store(paths)
     source = store.get_data_source("customer_features_source")
-    if source.path != feast_snapshot_glob(paths):
-        raise RuntimeError(f"Feast source reads {source.path}, not {feast_snapshot_glob(paths)}")
+    expected = snapshot_glob(paths.features_dir)
+    if source.path != expected:
+        raise RuntimeError(f"Feast source reads {source.path}, not {expected}")
     return store
 
 

@@ -68,8 +68,9 @@ def run(customers: int, data_dir: Path, days: int = 365) -> dict:
     os.environ["ENGAGE_DATA_DIR"] = str(data_dir)
     from engage.config import load_params, resolve_paths
     from engage.data.simulate import simulate_to_parquet
+    from engage.specs import model_spec
     from features.aggregates import build_features
-    from features.store import MODEL_SERVICES, apply_repo, get_store, materialize_snapshot
+    from features.store import apply_repo, get_store, materialize_snapshot
 
     params = load_params(
         overrides=[
@@ -101,7 +102,7 @@ def run(customers: int, data_dir: Path, days: int = 365) -> dict:
     )
     for name, store in (("stock", stock), ("packed", packed)):
         m = measure(lambda store=store: materialize_snapshot(store, latest))
-        service = store.get_feature_service(MODEL_SERVICES["churn"])
+        service = store.get_feature_service(model_spec("churn").feature_service)
         _read_times(store, service, ids, 1, 20)  # warm the registry and SQLite caches
         one = _read_times(store, service, ids, 1, 300)
         many = _read_times(store, service, ids, 500, 10)
@@ -118,7 +119,8 @@ def run(customers: int, data_dir: Path, days: int = 365) -> dict:
     sample = [{"customer_id": c} for c in ids[:: max(1, len(ids) // 2000)]]
     frames = [
         s.get_online_features(
-            features=s.get_feature_service(MODEL_SERVICES["churn"]), entity_rows=sample
+            features=s.get_feature_service(model_spec("churn").feature_service),
+            entity_rows=sample,
         ).to_df()
         for s in (stock, packed)
     ]

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params, Paths
+from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from features.snapshots import require_snapshots
-from features.store import MODEL_SERVICES, get_store, historical_features
+from features.store import get_store, historical_features
 from training.baselines import logistic_baseline, rfm_score
 from training.dataset import Split, audit_against_events, check_feature_times, time_split
 from training.evaluate import plot_curves, plot_importance, probability_metrics, ranking_metrics
@@ -179,7 +180,8 @@ def train_model(
             raise ValueError(f"{model}: the {name} split has a single class; more data needed")
 
     say("LightGBM")
-    engage_model = fit_engage_model(model, features, Xtr, ytr, Xva, yva, tp, MODEL_SERVICES[model])
+    service = model_spec(model).feature_service
+    engage_model = fit_engage_model(model, features, Xtr, ytr, Xva, yva, tp, service)
     booster = engage_model.booster
     p_test = engage_model.predict_proba(Xte)
 
@@ -223,7 +225,7 @@ def train_model(
             {
                 "git_commit": git_commit(paths.root),
                 "data_fingerprint": data_fingerprint(paths.events),
-                "feature_service": MODEL_SERVICES[model],
+                "feature_service": service,
                 "as_of_train": ranges["train"],
                 "as_of_valid": ranges["valid"],
                 "as_of_test": ranges["test"],
