@@ -85,6 +85,14 @@ def apply_objects(store, objects) -> ApplyResult:
     registry holds for the project but is no longer defined is deleted (``partial=False``),
     so the online store drops the tables of deleted views and recreates those whose
     features changed.
+
+    Args:
+        store: the FeatureStore to apply to (see :func:`get_store`).
+        objects: the definitions, e.g. from ``build_feast_objects``.
+
+    Returns:
+        The labels of the objects applied and of those deleted.
+
     """
     defined = objects.all()
     names = {(_kind(o), o.name) for o in defined}
