@@ -85,9 +85,9 @@ def test_every_feature_has_a_description_and_tags_from_the_catalog(profile):
             # params.yaml declares the unit of every `value`, so every feature has one.
             assert tags.get("unit") in UNITS, field.name
             window = re.search(r"_(\d+)d$", field.name)
-            if window and not field.name.startswith("tenure"):
+            if window:
                 assert tags["window_days"] == window.group(1), field.name
-            types = tags.get("event_types", "").split(",") if "event_types" in tags else []
+            types = tags["event_types"].split(",") if "event_types" in tags else []
             assert set(types) <= vocabulary, field.name
     assert seen == feature_names(params)  # same features, same order as the snapshots
     fields = {f.name: f.tags for v in objects.views for f in v.features}
