@@ -8,9 +8,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 export FEAST_USAGE := False
+PORT ?= 8888
+# The data dir whose Feast registry `make feast-ui` shows (engage writes its config there).
+FEAST_DATA_DIR ?= $(or $(ENGAGE_DATA_DIR),data)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test test-fast lint format mlflow-ui serve clean
+.PHONY: help venv install install-dev run test test-fast lint format mlflow-ui feast-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +58,10 @@ format: $(DEV_STAMP) ## apply ruff fixes and formatting
 
 mlflow-ui: $(STAMP) ## browse runs and the model registry on 127.0.0.1:5000
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db
+
+feast-ui: $(STAMP) ## browse Feast views, features, services on 127.0.0.1:8888 (PORT=, FEAST_DATA_DIR=)
+	@test -f $(FEAST_DATA_DIR)/feast/feature_store.yaml || { echo "no Feast registry under $(FEAST_DATA_DIR): run engage features build"; exit 1; }
+	$(BIN)/feast -c feature_repo -f $(FEAST_DATA_DIR)/feast/feature_store.yaml ui --host 127.0.0.1 --port $(PORT)
 
 serve: $(STAMP) ## start the prediction service on 127.0.0.1
 	$(BIN)/engage serve

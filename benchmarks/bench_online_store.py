@@ -119,7 +119,8 @@ def run(customers: int, data_dir: Path, days: int = 365) -> dict:
     sample = [{"customer_id": c} for c in ids[:: max(1, len(ids) // 2000)]]
     frames = [
         s.get_online_features(
-            features=s.get_feature_service(model_spec("churn").feature_service), entity_rows=sample
+            features=s.get_feature_service(model_spec("churn").feature_service),
+            entity_rows=sample,
         ).to_df()
         for s in (stock, packed)
     ]

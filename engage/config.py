@@ -41,6 +41,8 @@ class DataParams(_Section):
     quarantine: str = "quarantine.parquet"
     event_types: tuple[str, ...] = Field(min_length=1)
     value_event_types: tuple[str, ...] = ()
+    # Unit of `value` per type (amount, seconds, score, ...): only tags the Feast features.
+    value_units: dict[str, str] = {}
     conversion_event: str = "purchase"
     future_tolerance_minutes: float = Field(5.0, ge=0)
 
@@ -53,6 +55,9 @@ class DataParams(_Section):
         unknown = sorted(set(self.value_event_types) - set(self.event_types))
         if unknown:
             raise ValueError(f"value_event_types not in event_types: {unknown}")
+        no_value = sorted(set(self.value_units) - set(self.value_event_types))
+        if no_value:
+            raise ValueError(f"value_units: not in value_event_types: {no_value}")
         if self.conversion_event not in self.event_types:
             raise ValueError(f"conversion_event {self.conversion_event!r} not in event_types")
         return self

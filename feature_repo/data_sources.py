@@ -1,18 +1,10 @@
-"""Feast data sources: the point-in-time snapshots written by `engage features build`."""
+"""Feast data sources: the point-in-time snapshots written by `engage features build`.
 
-from feast import FileSource
-from feast.data_format import ParquetFormat
+The path follows the default configuration: $ENGAGE_DATA_DIR, $ENGAGE_PROFILE and
+$ENGAGE_PARAMS are honoured, as in the engage CLI.
+"""
 
-from features.store import snapshot_glob
+from engage.config import load_params, resolve_paths
+from features.feast_objects import snapshot_source
 
-customer_features_source = FileSource(
-    name="customer_features_source",
-    path=snapshot_glob(),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    created_timestamp_column="created_timestamp",
-    description=(
-        "One Parquet file per as-of time (features/aggregates.py): one row per contact "
-        "known at that time, computed only from events strictly before it."
-    ),
-)
+customer_features_source = snapshot_source(resolve_paths(load_params()))

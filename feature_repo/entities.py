@@ -1,10 +1,9 @@
-"""Feast entities: the contact (prospect or customer) every feature is about."""
+"""Feast entities: the contact (prospect or customer) every feature is about.
 
-from feast import Entity, ValueType
+Built by features/feast_objects.py, like every object of this repo, so the Feast CLI and
+`engage features build` define the same objects.
+"""
 
-customer = Entity(
-    name="customer",
-    join_keys=["customer_id"],
-    value_type=ValueType.STRING,
-    description="A contact of the brand: a prospect (no purchase yet) or a customer.",
-)
+from features.feast_objects import customer_entity
+
+customer = customer_entity()

@@ -1,20 +1,12 @@
-"""Feast feature services: one per model version, used by training and serving alike.
+"""Feast feature services: one per model of engage/specs.py, for training and serving alike.
 
-A new model version that needs other features gets a new service (churn_v2, ...), so
+A new model version that needs other features gets a new service name in its spec, so
 the features of a registered model never change under it.
 """
 
-from feast import FeatureService
-from feature_views import customer_activity, customer_engagement, customer_rfm
+from feature_views import views
 
-churn_v1 = FeatureService(
-    name="churn_v1",
-    features=[customer_rfm, customer_activity, customer_engagement],
-    description="Features of the churn (attrition) model, version 1.",
-)
+from features.feast_objects import feature_services
 
-appetence_v1 = FeatureService(
-    name="appetence_v1",
-    features=[customer_rfm, customer_activity, customer_engagement],
-    description="Features of the appetence (purchase readiness) model, version 1.",
-)
+# Feast collects the objects bound to module attributes; the names come from the specs.
+globals().update({service.name: service for service in feature_services(views)})

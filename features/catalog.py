@@ -27,6 +27,8 @@ VIEWS = {
     ACTIVITY: "Counts, value sums and recency of each non-purchase event type",
     ENGAGEMENT: "E-mail rates, cart abandonment, intervals, last answers and 30-day trends",
 }
+# The feature family of each view, as tagged in Feast (short names to filter on).
+FAMILIES = {RFM: "rfm", ACTIVITY: "activity", ENGAGEMENT: "engagement"}
 
 ENTITY_KEY = "customer_id"
 # Served with the features but never a model input: when the snapshot was taken (epoch
@@ -50,6 +52,10 @@ class FeatureSpec:
             ``"<event type>.<stat>"`` (see ``features.aggregates.STATS``), and
             ``$as_of_us`` (the as-of time in epoch µs).
         zero: the value of a customer with no event at all is 0 (counts, sums), not null.
+        unit: what one unit of the value is (``days``, ``count``, ``rate``, ``flag``,
+            ``ratio``, ``seconds``, or the ``data.value_units`` entry of a ``value``);
+            None when unknown.
+        window_days: the look-back window of a windowed count, sum, rate or trend.
 
     """
 
@@ -59,6 +65,8 @@ class FeatureSpec:
     description: str
     sql: str
     zero: bool = False
+    unit: str | None = None
+    window_days: int | None = None
 
 
 def stat_windows(params: Params) -> list[int]:
@@ -132,10 +140,16 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
     ``features.aggregates.STATS``).
     """
     fp, conv = params.features, params.data.conversion_event
+    value_unit = params.data.value_units.get  # unit of the `value` of an event type
     active = [t for t in params.data.event_types if t not in fp.passive_event_types]
     specs: list[FeatureSpec] = [
         FeatureSpec(
-            SNAPSHOT_TIME, RFM, "float", "as-of time of the snapshot (epoch seconds)", "NULL"
+            SNAPSHOT_TIME,
+            RFM,
+            "float",
+            "as-of time of the snapshot (epoch seconds)",
+            "NULL",
+            unit="seconds",
         ),
         FeatureSpec(
             "tenure_days",
@@ -143,6 +157,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             "days since the contact was first seen",
             "NULL",  # filled from the customers table, see aggregates.build_sql
+            unit="days",
         ),
         FeatureSpec(
             "has_purchased",
@@ -150,6 +165,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "int",
             f"1 if the contact made a {conv} before the as-of time (right half of the index)",
             f"CAST({_n(conv)} > 0 AS INTEGER)",
+            unit="flag",
         ),
         FeatureSpec(
             "days_since_last_purchase",
@@ -157,6 +173,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             f"days since the last {conv}",
             _of("min_age", conv),
+            unit="days",
         ),
         FeatureSpec(
             "days_since_first_purchase",
@@ -164,18 +181,40 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             f"days since the first {conv}",
             _of("max_age", conv),
+            unit="days",
         ),
-        FeatureSpec("purchases_total", RFM, "int", f"number of {conv} events ever", _n(conv)),
         FeatureSpec(
-            "revenue_total", RFM, "float", f"sum of {conv} amounts ever", _s(conv), zero=True
+            "purchases_total",
+            RFM,
+            "int",
+            f"number of {conv} events ever",
+            _n(conv),
+            unit="count",
         ),
-        FeatureSpec("avg_order_value", RFM, "float", f"mean {conv} amount", _of("avg_value", conv)),
+        FeatureSpec(
+            "revenue_total",
+            RFM,
+            "float",
+            f"sum of {conv} amounts ever",
+            _s(conv),
+            zero=True,
+            unit=value_unit(conv),
+        ),
+        FeatureSpec(
+            "avg_order_value",
+            RFM,
+            "float",
+            f"mean {conv} amount",
+            _of("avg_value", conv),
+            unit=value_unit(conv),
+        ),
         FeatureSpec(
             "mean_days_between_purchases",
             RFM,
             "float",
             f"mean days between two {conv} events",
             _gap(conv),
+            unit="days",
         ),
         FeatureSpec(
             "days_since_last_event",
@@ -184,12 +223,19 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "days since the contact last did anything (sent e-mails excluded)",
             # least() skips nulls: the most recent of the types the contact did.
             f"least({', '.join(_of('min_age', t) for t in active)})" if active else "NULL",
+            unit="days",
         ),
     ]
     for w in fp.rfm_windows_days:
         specs.append(
             FeatureSpec(
-                f"purchases_{w}d", RFM, "int", f"{conv} events in the last {w} days", _n(conv, w)
+                f"purchases_{w}d",
+                RFM,
+                "int",
+                f"{conv} events in the last {w} days",
+                _n(conv, w),
+                unit="count",
+                window_days=w,
             )
         )
         specs.append(
@@ -200,6 +246,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 f"{conv} amounts in the last {w} days",
                 _s(conv, w),
                 zero=True,
+                unit=value_unit(conv),
+                window_days=w,
             )
         )
 
@@ -214,6 +262,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                     "int",
                     f"{label} events in the last {w} days",
                     _n(t, w),
+                    unit="count",
+                    window_days=w,
                 )
             )
             if t in fp.value_sum_types:
@@ -225,6 +275,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                         f"sum of {label} values in the last {w} days",
                         _s(t, w),
                         zero=True,
+                        unit=value_unit(t),
+                        window_days=w,
                     )
                 )
         specs.append(
@@ -234,6 +286,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"days since the last {label}",
                 _of("min_age", t),
+                unit="days",
             )
         )
 
@@ -246,6 +299,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                     "float",
                     f"{num} / {den} over the last {w} days",
                     f"({_n(num, w)})::DOUBLE / nullif({_n(den, w)}, 0)",
+                    unit="rate",
+                    window_days=w,
                 )
             )
     if fp.cart_event:
@@ -260,6 +315,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                     # least() would skip a null ratio (no cart), so clip with CASE.
                     f"CASE WHEN {carts} = 0 THEN NULL "
                     f"ELSE 1 - least(1, ({buys})::DOUBLE / {carts}) END",
+                    unit="rate",
+                    window_days=w,
                 )
             )
     for t in fp.interval_types:
@@ -270,6 +327,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"mean days between two {t.replace('_', ' ')} events",
                 _gap(t),
+                unit="days",
             )
         )
     for t in fp.last_value_types:
@@ -280,6 +338,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"value of the last {t.replace('_', ' ')}",
                 _of("last_value", t),
+                unit=value_unit(t),
             )
         )
     d = fp.trend_days
@@ -293,6 +352,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 f"change of {t.replace('_', ' ')} events, last {d} days vs the {d} before "
                 "(-1 stopped, +1 started)",
                 _trend(recent, f"{both} - {recent}"),
+                unit="ratio",
+                window_days=d,
             )
         )
     if active:
@@ -304,6 +365,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"change of all activity, last {d} days vs the {d} before",
                 _trend(recent, f"{both} - {recent}"),
+                unit="ratio",
+                window_days=d,
             )
         )
     names = [s.name for s in specs]
@@ -311,6 +374,27 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
     if dupes:
         raise ValueError(f"features: duplicate feature names from params.yaml: {dupes}")
     return specs
+
+
+def feature_tags(spec: FeatureSpec) -> dict[str, str]:
+    """The Feast tags of one feature: family, unit, window, event types, model input.
+
+    ``event_types`` lists the types the feature's SQL reads, in order of first use (for a
+    rate: numerator, then denominator), so it cannot drift from the computation. Keys
+    with nothing to say (no window, unit unknown, no event read) are left out.
+    """
+    tags = {
+        "family": FAMILIES[spec.view],
+        "model_input": str(spec.name != SNAPSHOT_TIME).lower(),
+    }
+    if spec.unit:
+        tags["unit"] = spec.unit
+    if spec.window_days is not None:
+        tags["window_days"] = str(spec.window_days)
+    types = list(dict.fromkeys(t for t, _ in stat_columns([spec])))
+    if types:
+        tags["event_types"] = ",".join(types)
+    return tags
 
 
 def feature_names(params: Params, views: tuple[str, ...] | None = None) -> list[str]:

@@ -1,67 +1,27 @@
 """The Feast feature store: configuration, apply, materialize and retrieval.
 
-The repo definitions live in ``feature_repo/`` (split by object kind); this module holds
-what they share (field lists from the catalog, the snapshot path) and the calls the
-pipeline makes. The store config is ``feature_repo/feature_store.yaml`` with the registry
-and online store moved under the data directory, so ``$ENGAGE_DATA_DIR`` moves them too.
+The Feast objects are built in code by :mod:`features.feast_objects` from the caller's
+parameters and paths, and :func:`apply_repo` applies them like ``feast apply`` does
+(objects no longer defined are deleted). The files in ``feature_repo/`` build the same
+objects for the Feast CLI. The store config is ``feature_repo/feature_store.yaml`` with
+the registry and online store moved under the data directory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from engage.config import Params, Paths, load_params, resolve_paths
-from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP, VIEWS, feature_specs
-from features.snapshots import snapshot_glob as _glob
+from engage.config import Paths
+from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP
 from features.snapshots import snapshot_path, to_utc
 
-os.environ.setdefault("FEAST_USAGE", "False")  # no usage telemetry: everything runs offline
-
 MATERIALIZE_CHUNK_ROWS = 20_000  # Feast's own write path holds ~0.7 KB per value: ~0.5 GB a chunk
-# The parameters and paths of the apply_repo call in progress: the repo files read them
-# through _context(), so they follow the caller's profile, --set overrides and data dir.
-_applying: tuple[Params, Paths] | None = None
-
-
-def _context() -> tuple[Params, Paths]:
-    if _applying is not None:
-        return _applying
-    params = load_params()
-    return params, resolve_paths(params)
-
-
-def snapshot_glob(paths: Paths | None = None) -> str:
-    """Absolute glob of the snapshot files, the path of the Feast source."""
-    paths = paths or _context()[1]
-    return _glob(paths.features_dir)
-
-
-def view_fields(view: str, params: Params | None = None) -> list:
-    """Feast ``Field`` list of one feature view, from the catalog."""
-    from feast import Field
-    from feast.types import Float64, Int64
-
-    params = params or _context()[0]
-    return [
-        Field(name=s.name, dtype=Int64 if s.dtype == "int" else Float64, description=s.description)
-        for s in feature_specs(params)
-        if s.view == view
-    ]
-
-
-def view_settings(params: Params | None = None) -> tuple[int, dict[str, str]]:
-    """TTL in days and the description of each view."""
-    params = params or _context()[0]
-    return params.features.ttl_days, dict(VIEWS)
 
 
 def repo_config(paths: Paths):
@@ -87,63 +47,74 @@ def get_store(paths: Paths):
     return FeatureStore(repo_path=str(paths.feature_repo), config=repo_config(paths))
 
 
-@contextlib.contextmanager
-def _data_dir_env(paths: Paths):
-    # The repo files resolve the snapshot path through engage.config: make them see
-    # the same data directory as the caller even if it came from a profile.
-    old = os.environ.get("ENGAGE_DATA_DIR")
-    os.environ["ENGAGE_DATA_DIR"] = str(paths.data_dir)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ENGAGE_DATA_DIR", None)
-        else:
-            os.environ["ENGAGE_DATA_DIR"] = old
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply did, as ``"<Kind> <name>"`` labels (e.g. ``"FeatureView customer_rfm"``).
 
+    Attributes:
+        applied: every object defined (created or updated).
+        deleted: objects that were in the registry but are no longer defined.
 
-def _forget_repo_modules(repo: Path) -> None:
-    # Feast imports the repo files with importlib.import_module, which returns the cached
-    # module on a second apply in the same process: its source path, TTL and fields would
-    # be those of the first apply (another data dir or params). Drop them to re-import.
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve().parent == repo.resolve():
-            del sys.modules[name]
-
-
-def apply_repo(paths: Paths) -> str:
-    """Run the equivalent of ``feast apply`` on ``feature_repo/``; returns Feast's output.
-
-    The definitions use ``paths.params`` (profile and overrides included) and the
-    snapshots under ``paths.data_dir``, even when another apply ran in this process.
     """
-    global _applying
-    from feast.repo_operations import apply_total
 
-    config = repo_config(paths)
-    out = io.StringIO()
-    repo = str(paths.feature_repo)
-    # Feast imports the repo files as top-level modules named relative to the current
-    # directory, exactly as `feast -c feature_repo apply` does.
-    added = repo not in sys.path
-    if added:
-        sys.path.append(repo)
-    _forget_repo_modules(paths.feature_repo)
-    previous, _applying = _applying, (paths.params, paths)
-    try:
-        with (
-            _data_dir_env(paths),
-            contextlib.chdir(repo),
-            contextlib.redirect_stdout(out),
-        ):
-            apply_total(config, paths.feature_repo, skip_source_validation=True)
-    finally:
-        _applying = previous
-        _forget_repo_modules(paths.feature_repo)
-        if added:
-            sys.path.remove(repo)
-    return out.getvalue()
+    applied: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+
+def _kind(obj) -> str:
+    # Feature views of every type share one namespace in the registry.
+    from feast import Entity, FeatureService
+    from feast.base_feature_view import BaseFeatureView
+    from feast.data_source import DataSource
+
+    for cls in (Entity, DataSource, BaseFeatureView, FeatureService):
+        if isinstance(obj, cls):
+            return cls.__name__
+    raise TypeError(f"not a Feast object this project defines: {obj!r}")
+
+
+def _label(obj) -> str:
+    return f"{type(obj).__name__} {obj.name}"
+
+
+def apply_objects(store, objects) -> ApplyResult:
+    """Apply ``objects`` (a :class:`~features.feast_objects.FeastObjects`) to ``store``.
+
+    Like ``feast apply``: every defined object is created or updated, and whatever the
+    registry holds for the project but is no longer defined is deleted (``partial=False``),
+    so the online store drops the tables of deleted views and recreates those whose
+    features changed.
+
+    Args:
+        store: the FeatureStore to apply to (see :func:`get_store`).
+        objects: the definitions, e.g. from ``build_feast_objects``.
+
+    Returns:
+        The labels of the objects applied and of those deleted.
+
+    """
+    defined = objects.all()
+    names = {(_kind(o), o.name) for o in defined}
+    registered = [
+        *store.list_entities(),
+        *store.list_data_sources(),
+        *store.list_all_feature_views(),
+        *store.list_feature_services(),
+    ]
+    stale = [o for o in registered if (_kind(o), o.name) not in names]
+    store.apply(defined, objects_to_delete=stale, partial=False)
+    return ApplyResult(tuple(_label(o) for o in defined), tuple(_label(o) for o in stale))
+
+
+def apply_repo(paths: Paths) -> ApplyResult:
+    """Run the equivalent of ``feast apply`` for ``paths.params`` and ``paths.data_dir``.
+
+    The definitions come from :func:`features.feast_objects.build_feast_objects`, so two
+    applies in one process with other parameters or data directories each get their own.
+    """
+    from features.feast_objects import build_feast_objects
+
+    return apply_objects(get_store(paths), build_feast_objects(paths.params, paths))
 
 
 def materialize_snapshot(
@@ -174,7 +145,7 @@ def materialize_snapshot(
     views: dict[Path, list] = {}
     for view in store.list_feature_views():
         if view.online:
-            # The source path is the glob of the snapshot files (see snapshot_glob).
+            # The source path is the glob of the snapshot files (snapshots.snapshot_glob).
             views.setdefault(Path(view.batch_source.path).parent, []).append(view)
     rows = 0
     for directory, group in views.items():
@@ -241,11 +212,11 @@ def feast_dir_for_cli(paths: Paths) -> Path:
 
 
 __all__ = [
+    "ApplyResult",
+    "apply_objects",
     "apply_repo",
     "get_store",
     "historical_features",
     "materialize_snapshot",
     "online_features",
-    "snapshot_glob",
-    "view_fields",
 ]
