@@ -77,7 +77,7 @@ def main(
         paths = resolve_paths(params)
     except ConfigError as err:
         # Escaped: messages quote values such as [purchase], which rich reads as markup.
-        console.print(f"[red]{escape(str(err))}[/red]")
+        console.print(f"[red]{escape(str(err))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
     ctx.obj = Context(params, paths)
 

@@ -599,7 +599,7 @@ def _dotted(loc: Iterable[Any]) -> str:
     return out or "<top level>"
 
 
-def _shorten(text: str, limit: int = 120) -> str:
+def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
