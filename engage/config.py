@@ -841,7 +841,7 @@ def load_params(
     if path is not None:
         user = Path(path).expanduser().resolve()
         if user != Path(DEFAULTS_FILE).resolve():
-            label = f"{user} (${PARAMS_ENV})" if from_env else str(user)
+            label = f"${PARAMS_ENV}={user}" if from_env else str(user)
             files.append((_read_yaml_file(user, label), label))
     if profile:
         profile_source = f"--profile {profile}"

@@ -299,7 +299,7 @@ def test_the_user_file_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(config.PARAMS_ENV, str(user))
     with pytest.raises(ConfigError) as err:
         load_params()
-    assert f"(from {user} ($ENGAGE_PARAMS))" in str(err.value)
+    assert f"(from $ENGAGE_PARAMS={user})" in str(err.value)
 
 
 def test_parse_params_overlays_a_partial_mapping_on_the_defaults():
