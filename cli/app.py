@@ -81,7 +81,11 @@ def main(
         str | None, typer.Option(help="Overlay profiles.NAME of params.yaml (e.g. cdnow).")
     ] = None,
     params_file: Annotated[
-        Path | None, typer.Option("--params", help="Another params.yaml.")
+        Path | None,
+        typer.Option(
+            "--params",
+            help="Your params file, overlaid on the project's params.yaml (may be partial).",
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -93,7 +97,9 @@ def main(
         os.environ.setdefault(var, value)
     try:
         params = load_params(params_file, profile=profile, overrides=tuple(set_ or ()))
+        paths = resolve_paths(params)
     except ConfigError as err:
-        console.print(f"[red]{escape(str(err))}[/red]")
+        # Escaped: messages quote values such as [purchase], which rich reads as markup.
+        console.print(f"[red]{escape(str(err))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
-    ctx.obj = Context(params, resolve_paths(params))
+    ctx.obj = Context(params, paths)

@@ -1,219 +1,366 @@
-"""Typed, frozen view of ``params.yaml``.
+"""Typed, frozen view of the parameters.
 
-The file is parsed once by :func:`load_params` into pydantic models that forbid unknown
-keys, so a typo such as ``labels.horizon_dayz`` fails with its dotted path instead of
-being ignored. Profiles (``profiles.<name>`` in the file) overlay keys for another data
-set, e.g. CDNOW, so the same code runs on both.
+**One source of defaults.** The project's ``params.yaml`` holds every default value. The
+pydantic models below hold only types and rules: no field has a default, so no value can
+drift between the code and the file (``tests/test_config.py`` checks both).
+
+**Layers**, later wins:
+
+1. the project's ``params.yaml`` (the defaults);
+2. the user's params file (``--params FILE`` or ``$ENGAGE_PARAMS``), which may be partial;
+3. the profile (``--profile NAME`` or ``$ENGAGE_PROFILE``): ``profiles.NAME`` of the
+   project's file, then ``profiles.NAME`` of the user's file;
+4. ``--set dotted.key=value`` overrides, in order; values are parsed as YAML.
+
+Sections merge key by key; any other value (a list, the ``features.rates`` mapping) is
+replaced whole, so an overlay can shorten a list. The merged document is validated once
+into :class:`Params`; a problem is reported with its dotted path, the rule it breaks and
+the layer that set the value, e.g.
+``labels.horizon_days: Input should be greater than 0 (from --set labels.horizon_days=0)``.
+
+YAML is read with a safe loader that refuses duplicate keys, nesting deeper than
+:data:`MAX_DEPTH`, aliases expanding to more than :data:`MAX_NODES` nodes ("billion
+laughs") and files over :data:`MAX_BYTES`; dates stay strings.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import difflib
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "params.yaml"
+DEFAULTS_LABEL = "params.yaml"  # how errors name the project defaults
 DATA_DIR_ENV = "ENGAGE_DATA_DIR"
 PROFILE_ENV = "ENGAGE_PROFILE"
 PARAMS_ENV = "ENGAGE_PARAMS"
-_IDENT = re.compile(r"[a-z][a-z0-9_]*")
+
+MAX_BYTES = 1 << 20  # params.yaml is ~7 KB; a megabyte is no parameter file
+MAX_DEPTH = 32  # the deepest real key, profiles.NAME.features.rates.NAME[0], is 6 levels
+MAX_NODES = 10_000  # YAML nodes, aliases expanded; params.yaml has ~300
+MAX_DAYS = 3650  # ten years: a longer window or horizon is a typo, and overflows timestamps
+MAX_SEED = 2**31 - 1  # LightGBM reads seeds as a C int; numpy refuses negative ones
+
+_IDENT = r"^[a-z][a-z0-9_]*$"
 
 
 class ConfigError(ValueError):
-    """``params.yaml`` is missing, unreadable or has a bad key; the message names it."""
+    """Bad parameters: the message names the key, the rule and where the value came from."""
+
+
+# ------------------------------------------------------------------------------ types
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML reads `yes`/`no`/`on` as booleans and pydantic would take them as 1/0.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+def _non_empty(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A validator rather than Field(min_length=1): pydantic would also report a list
+    # whose only item is invalid as empty.
+    if not values:
+        raise ValueError("must not be empty")
+    return values
+
+
+def _unique(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    dupes = sorted({v for v in values if values.count(v) > 1})
+    if dupes:
+        raise ValueError(f"duplicate entries {dupes}")
+    return values
+
+
+def _iso_time(value: str) -> str:
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date or time: {value!r}") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Text = Annotated[str, StringConstraints(min_length=1)]
+Ident = Annotated[str, StringConstraints(pattern=_IDENT)]  # becomes a SQL column name
+Days = Annotated[Int, Field(gt=0, le=MAX_DAYS)]
+DayThreshold = Annotated[Int, Field(ge=0, le=MAX_DAYS)]
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
+Probability = Annotated[Float, Field(ge=0, le=1)]
+Types = Annotated[tuple[Ident, ...], AfterValidator(_unique)]
+NonEmptyTypes = Annotated[Types, AfterValidator(_non_empty)]
+Windows = Annotated[tuple[Days, ...], AfterValidator(_non_empty), AfterValidator(_unique)]
+
+
+@dataclass(frozen=True)
+class _Issue:
+    key: str  # dotted, relative to the model that raised it
+    message: str
+    depends_on: tuple[str, ...] = ()  # other keys (same base) the rule reads
+
+
+class _Rules(ValueError):
+    """Broken cross-key rules, each naming its key so the error can say where it came from."""
+
+    def __init__(self, issues: list[_Issue]) -> None:
+        super().__init__("; ".join(f"{i.key}: {i.message}" for i in issues))
+        self.issues = issues
+
+
+def _raise(issues: list[_Issue]) -> None:
+    if issues:
+        raise _Rules(issues)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# ----------------------------------------------------------------------------- sections
 
 
 class DataParams(_Section):
-    dir: str = "data"
-    events: str = "events.parquet"
-    customers: str = "customers.parquet"
-    quarantine: str = "quarantine.parquet"
-    event_types: tuple[str, ...] = Field(min_length=1)
-    value_event_types: tuple[str, ...] = ()
+    dir: Text
+    events: Text
+    customers: Text
+    quarantine: Text
+    event_types: NonEmptyTypes
+    value_event_types: Types
     # Unit of `value` per type (amount, seconds, score, ...): only tags the Feast features.
-    value_units: dict[str, str] = {}
-    conversion_event: str = "purchase"
-    future_tolerance_minutes: float = Field(5.0, ge=0)
-
-    @model_validator(mode="after")
-    def _known_types(self) -> DataParams:
-        # Event types become feature (SQL column) names, so they must be identifiers.
-        bad = [t for t in self.event_types if not _IDENT.fullmatch(t)]
-        if bad:
-            raise ValueError(f"event_types must match {_IDENT.pattern}: {bad}")
-        unknown = sorted(set(self.value_event_types) - set(self.event_types))
-        if unknown:
-            raise ValueError(f"value_event_types not in event_types: {unknown}")
-        no_value = sorted(set(self.value_units) - set(self.value_event_types))
-        if no_value:
-            raise ValueError(f"value_units: not in value_event_types: {no_value}")
-        if self.conversion_event not in self.event_types:
-            raise ValueError(f"conversion_event {self.conversion_event!r} not in event_types")
-        return self
+    value_units: dict[Ident, Text]
+    conversion_event: Ident
+    future_tolerance_minutes: Annotated[Float, Field(ge=0, le=24 * 60)]
 
 
 class SimulateParams(_Section):
-    customers: int = Field(20000, gt=0)
-    days: int = Field(365, gt=0)
-    seed: int = 42
-    start: str = "2025-01-01"
-    chunk_customers: int = Field(50000, gt=0)
-    initial_customer_share: float = Field(0.35, ge=0, le=1)
-    campaign_weekday: int = Field(1, ge=0, le=6)
-    engagement_drift_sd: float = Field(0.12, ge=0)
-    decline_share: float = Field(0.25, ge=0, le=1)
-    decline_weeks: int = Field(8, gt=0)
-    amount_log_mean: float = 3.9
-    amount_log_sd: float = Field(0.6, gt=0)
+    customers: Annotated[Int, Field(gt=0, le=100_000_000)]
+    days: Days
+    seed: Seed
+    start: Annotated[Text, AfterValidator(_iso_time)]
+    chunk_customers: Annotated[Int, Field(gt=0)]
+    initial_customer_share: Probability
+    campaign_weekday: Annotated[Int, Field(ge=0, le=6)]
+    engagement_drift_sd: Annotated[Float, Field(ge=0)]
+    decline_share: Probability
+    decline_weeks: Annotated[Int, Field(gt=0, le=MAX_DAYS // 7)]
+    # exp(20) ~ 5e8 as a median amount is already absurd; beyond, amounts overflow.
+    amount_log_mean: Annotated[Float, Field(ge=-20, le=20)]
+    amount_log_sd: Annotated[Float, Field(gt=0, le=5)]
 
 
 class FeaturesParams(_Section):
-    dir: str = "features"
-    snapshot_every_days: int = Field(7, gt=0)
-    windows_days: tuple[int, ...] = Field((7, 30, 90), min_length=1)
-    rfm_windows_days: tuple[int, ...] = Field((30, 90, 365), min_length=1)
-    trend_days: int = Field(30, gt=0)
-    value_sum_types: tuple[str, ...] = ("purchase", "web_visit")
-    passive_event_types: tuple[str, ...] = ("email_sent",)
-    rates: dict[str, tuple[str, str]] = {}
-    cart_event: str | None = "cart_add"
-    interval_types: tuple[str, ...] = ()
-    last_value_types: tuple[str, ...] = ()
-    ttl_days: int = Field(400, gt=0)
-    max_snapshots: int = Field(60, gt=0)
+    dir: Text
+    snapshot_every_days: Days
+    windows_days: Windows
+    rfm_windows_days: Windows
+    trend_days: Days
+    value_sum_types: Types
+    passive_event_types: Types
+    rates: dict[Ident, tuple[Ident, Ident]]
+    cart_event: Ident | None
+    interval_types: Types
+    last_value_types: Types
+    ttl_days: Days
+    max_snapshots: Annotated[Int, Field(gt=0)]
 
 
 class FeastParams(_Section):
-    repo: str = "feature_repo"
-    project: str = "engage"
+    repo: Text
+    # Feast's rule, without the hyphen its SQLite online stores cannot take.
+    project: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")]
 
 
 class LabelsParams(_Section):
-    horizon_days: int = Field(30, gt=0)
-    churn_activity_types: tuple[str, ...] = ("purchase",)
-    active_within_days: int = Field(180, gt=0)
+    horizon_days: Days
+    churn_activity_types: NonEmptyTypes
+    active_within_days: Days
 
 
 class LightGBMParams(_Section):
-    objective: Literal["binary"] = "binary"
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, gt=1)
-    max_depth: int = -1
-    min_child_samples: int = Field(50, ge=1)
-    feature_fraction: float = Field(0.8, gt=0, le=1)
-    bagging_fraction: float = Field(0.8, gt=0, le=1)
-    bagging_freq: int = Field(1, ge=0)
-    lambda_l2: float = Field(1.0, ge=0)
-    n_estimators: int = Field(400, gt=0)
-    early_stopping_rounds: int = Field(30, gt=0)
-    num_threads: int = Field(2, ge=0)
+    objective: Literal["binary"]
+    learning_rate: Annotated[Float, Field(gt=0)]
+    num_leaves: Annotated[Int, Field(gt=1, le=131_072)]  # LightGBM's own upper limit
+    max_depth: Annotated[Int, Field(ge=-1)]  # -1: no limit
+    min_child_samples: Annotated[Int, Field(ge=1)]
+    feature_fraction: Annotated[Float, Field(gt=0, le=1)]
+    bagging_fraction: Annotated[Float, Field(gt=0, le=1)]
+    bagging_freq: Annotated[Int, Field(ge=0)]
+    lambda_l2: Annotated[Float, Field(ge=0)]
+    n_estimators: Annotated[Int, Field(gt=0)]
+    early_stopping_rounds: Annotated[Int, Field(gt=0)]
+    num_threads: Annotated[Int, Field(ge=0)]
 
 
 class TrainingParams(_Section):
-    seed: int = 42
-    valid_snapshots: int = Field(4, gt=0)
-    test_snapshots: int = Field(4, gt=0)
-    min_train_snapshots: int = Field(3, gt=0)
-    max_rows_per_snapshot: int | None = Field(None, gt=0)
-    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
-    promotion_tolerance: float = Field(0.002, ge=0)
-    promotion_metric: Literal["roc_auc", "pr_auc"] = "roc_auc"
-    ece_bins: int = Field(10, gt=1)
-    lightgbm: LightGBMParams = LightGBMParams()
+    seed: Seed
+    valid_snapshots: Annotated[Int, Field(gt=0)]
+    test_snapshots: Annotated[Int, Field(gt=0)]
+    min_train_snapshots: Annotated[Int, Field(gt=0)]
+    max_rows_per_snapshot: Annotated[Int, Field(gt=0)] | None
+    calibration: Literal["isotonic", "sigmoid"]
+    promotion_tolerance: Probability  # a difference of ROC-AUC or PR-AUC
+    promotion_metric: Literal["roc_auc", "pr_auc"]
+    ece_bins: Annotated[Int, Field(gt=1, le=1000)]
+    lightgbm: LightGBMParams
 
 
 class MlflowParams(_Section):
-    dir: str = "mlruns"
+    dir: Text
 
 
 class IndexParams(_Section):
-    tau_purchase: float = Field(0.3, ge=0, le=1)
-    tau_churn: float = Field(0.5, ge=0, le=1)
+    tau_purchase: Probability
+    tau_churn: Probability
 
 
 class SegmentsParams(_Section):
-    new_max_tenure_days: int = Field(30, ge=0)
-    waiting_cart_days: int = Field(14, ge=0)
-    hero_min_value: float = Field(500.0, ge=0)
-    hero_min_purchases_90d: int = Field(3, ge=0)
-    repeat_min_purchases_365d: int = Field(3, ge=0)
-    at_risk_inactive_days: int = Field(60, ge=0)
-    lost_inactive_days: int = Field(180, ge=0)
-    lead_min_clicks_30d: int = Field(1, ge=0)
-    lead_min_cart_adds_30d: int = Field(1, ge=0)
+    new_max_tenure_days: DayThreshold
+    waiting_cart_days: DayThreshold
+    hero_min_value: Annotated[Float, Field(ge=0)]
+    hero_min_purchases_90d: Annotated[Int, Field(ge=0)]
+    repeat_min_purchases_365d: Annotated[Int, Field(ge=0)]
+    at_risk_inactive_days: DayThreshold
+    lost_inactive_days: DayThreshold
+    lead_min_clicks_30d: Annotated[Int, Field(ge=0)]
+    lead_min_cart_adds_30d: Annotated[Int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _at_risk_before_lost(self) -> SegmentsParams:
+        # Lost is tested first, so At risk can only hold below the Lost threshold.
+        if self.at_risk_inactive_days >= self.lost_inactive_days:
+            _raise(
+                [
+                    _Issue(
+                        "at_risk_inactive_days",
+                        f"must be less than segments.lost_inactive_days "
+                        f"({self.lost_inactive_days}), else no contact is ever At risk",
+                        ("lost_inactive_days",),
+                    )
+                ]
+            )
+        return self
 
 
 class ValueParams(_Section):
-    lifespan_years: float = Field(2.0, gt=0)
-    frequency: Literal["purchases_365d", "mean_gap"] = "purchases_365d"
+    lifespan_years: Annotated[Float, Field(gt=0, le=100)]
+    frequency: Literal["purchases_365d", "mean_gap"]
 
 
 class ScoringParams(_Section):
-    dir: str = "scores"
-    top_k_reasons: int = Field(3, ge=0)
-    batch_rows: int = Field(100_000, gt=0)
+    dir: Text
+    top_k_reasons: Annotated[Int, Field(ge=0)]
+    batch_rows: Annotated[Int, Field(gt=0)]
 
 
 class ServingParams(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(3000, gt=0, lt=65536)
-    max_ids: int = Field(500, gt=0)
-    max_body_bytes: int = Field(262144, gt=0)
-    stale_after_hours: float = Field(192, gt=0)
-    api_key_env: str = "ENGAGE_API_KEY"
-    webhook_url: str | None = None
-    webhook_retries: int = Field(3, ge=0)
-    webhook_backoff_s: float = Field(0.5, ge=0)
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    host: Text
+    port: Annotated[Int, Field(gt=0, lt=65536)]
+    max_ids: Annotated[Int, Field(gt=0)]
+    max_body_bytes: Annotated[Int, Field(gt=0)]
+    stale_after_hours: Annotated[Float, Field(gt=0, le=MAX_DAYS * 24)]
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    webhook_url: Annotated[Text, AfterValidator(_http_url)] | None
+    # The backoff doubles per retry: 10 retries from 60 s already wait ~17 hours.
+    webhook_retries: Annotated[Int, Field(ge=0, le=10)]
+    webhook_backoff_s: Annotated[Float, Field(ge=0, le=60)]
+    webhook_timeout_s: Annotated[Float, Field(gt=0, le=600)]
 
 
 class Params(_Section):
-    """All of ``params.yaml``; ``profiles`` is resolved away by :func:`load_params`."""
+    """All parameters; ``profile`` records which profile was applied (None: none)."""
 
     data: DataParams
-    simulate: SimulateParams = SimulateParams()
-    features: FeaturesParams = FeaturesParams()
-    feast: FeastParams = FeastParams()
-    labels: LabelsParams = LabelsParams()
-    training: TrainingParams = TrainingParams()
-    mlflow: MlflowParams = MlflowParams()
-    index: IndexParams = IndexParams()
-    segments: SegmentsParams = SegmentsParams()
-    value: ValueParams = ValueParams()
-    scoring: ScoringParams = ScoringParams()
-    serving: ServingParams = ServingParams()
-    profile: str | None = None
+    simulate: SimulateParams
+    features: FeaturesParams
+    feast: FeastParams
+    labels: LabelsParams
+    training: TrainingParams
+    mlflow: MlflowParams
+    index: IndexParams
+    segments: SegmentsParams
+    value: ValueParams
+    scoring: ScoringParams
+    serving: ServingParams
+    profile: str | None
 
     @model_validator(mode="after")
     def _types_in_vocabulary(self) -> Params:
+        # Every dependent list is checked at once, so a change of data.event_types gets
+        # one message naming each list that must change with it.
+        fp = self.features
         vocab = set(self.data.event_types)
-        for path, types in (
-            ("features.value_sum_types", self.features.value_sum_types),
-            ("features.passive_event_types", self.features.passive_event_types),
+        uses: list[tuple[str, tuple[str, ...]]] = [
+            ("data.value_event_types", self.data.value_event_types),
+            ("data.conversion_event", (self.data.conversion_event,)),
+            ("features.value_sum_types", fp.value_sum_types),
+            ("features.passive_event_types", fp.passive_event_types),
             ("labels.churn_activity_types", self.labels.churn_activity_types),
-            ("features.interval_types", self.features.interval_types),
-            ("features.last_value_types", self.features.last_value_types),
-            (
-                "features.cart_event",
-                (self.features.cart_event,) if self.features.cart_event else (),
-            ),
-            ("features.rates", tuple(t for pair in self.features.rates.values() for t in pair)),
-        ):
+            ("features.interval_types", fp.interval_types),
+            ("features.last_value_types", fp.last_value_types),
+            ("features.cart_event", (fp.cart_event,) if fp.cart_event else ()),
+        ]
+        uses += [(f"features.rates.{name}", pair) for name, pair in fp.rates.items()]
+        issues = []
+        for key, types in uses:
             unknown = sorted(set(types) - vocab)
             if unknown:
-                raise ValueError(f"{path}: not in data.event_types: {unknown}")
+                issues.append(
+                    _Issue(key, f"not in data.event_types: {unknown}", ("data.event_types",))
+                )
+        no_value = sorted(set(self.data.value_units) - set(self.data.value_event_types))
+        if no_value:
+            issues.append(
+                _Issue(
+                    "data.value_units",
+                    f"not in data.value_event_types: {no_value}",
+                    ("data.value_event_types",),
+                )
+            )
+        _raise(issues)
         return self
+
+
+def _section_type(model: type[BaseModel] | None, key: Any) -> type[_Section] | None:
+    """The section model of ``model.key``, or None when ``key`` holds a plain value."""
+    if model is None or not isinstance(key, str) or key not in model.model_fields:
+        return None
+    annotation = model.model_fields[key].annotation
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
+
+
+# --------------------------------------------------------------------------------- paths
 
 
 @dataclass(frozen=True)
@@ -263,76 +410,421 @@ class Paths:
         return f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
 
 
-def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+# ---------------------------------------------------------------------------------- YAML
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with bounded nesting and no duplicate keys."""
+
+    # Dates stay strings (simulate.start is text; `--set simulate.start=2025-02-01` works).
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # Stop at the bracket: the scanner would otherwise look ~1,000 tokens ahead for
+        # a simple key at every level before the composer sees the depth (0.1 s).
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark()
+            )
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes recursively: 10,000 nested brackets would hit RecursionError.
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._nodes > MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_NODES:,} nodes", self.peek_event().start_mark
+                )
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue  # `<<: *base` keys may be overridden: that is their purpose
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                line = key_node.start_mark.line + 1
+                if seen is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first on line {seen})",
+                        key_node.start_mark,
+                    )
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse alias cycles, and documents whose aliases expand too wide or too deep.
+
+    Aliases share nodes, so the composed graph stays small while the expanded tree (what
+    a copy, a validation or a dump walks) can hold 10^9 nodes. Sizes and heights are
+    memoised per node, so this runs in time linear in the composed graph.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
+    active: set[int] = set()
+
+    def walk(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in done:
+            size, height = done[key]
         else:
-            out[key] = copy.deepcopy(value)
-    return out
+            if key in active:
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias refers to its own anchor", node.start_mark
+                )
+            if depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases nest deeper than {MAX_DEPTH} levels", node.start_mark
+                )
+            active.add(key)
+            size, height = 1, 1
+            if isinstance(node, yaml.SequenceNode):
+                children: Iterable[yaml.Node] = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = (n for pair in node.value for n in pair)
+            else:
+                children = ()
+            for child in children:
+                s, h = walk(child, depth + 1)
+                size, height = size + s, max(height, h + 1)
+                if size > MAX_NODES:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"aliases expand to more than {MAX_NODES:,} nodes",
+                        node.start_mark,
+                    )
+            active.discard(key)
+            done[key] = (size, height)
+        if depth + height - 1 > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases nest deeper than {MAX_DEPTH} levels", node.start_mark
+            )
+        return size, height
+
+    walk(root, 1)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _yaml(text: str, label: str) -> Any:
+    """Parse one YAML document with :class:`_Loader`, errors as :class:`ConfigError`."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{label}: {len(text):,} characters, over the {MAX_BYTES:,} allowed")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = err.problem or err.context or "not valid YAML"
+        raise ConfigError(f"{label}: not valid YAML: {where}{problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{label}: not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_yaml_file(path: Path, label: str) -> Any:
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a directory, not a parameters file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: parameters file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{label}: cannot read: {err.strerror or err}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{label}: over the {MAX_BYTES:,} bytes a parameters file may have")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: not UTF-8 text") from None
+    return _yaml(text, label)
+
+
+_defaults_cache: dict[tuple[str, int, int], Any] = {}
+
+
+def _defaults_raw() -> Any:
+    """The project's params.yaml, parsed once per version of the file."""
+    path = Path(DEFAULTS_FILE)
+    label = f"{DEFAULTS_LABEL} (project defaults, {path})"
+    try:
+        st = path.stat()
+    except OSError:
+        raise ConfigError(f"{label}: parameters file not found") from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _defaults_cache:
+        _defaults_cache.clear()
+        _defaults_cache[key] = _read_yaml_file(path, label)
+    return copy.deepcopy(_defaults_cache[key])
+
+
+# ------------------------------------------------------------------------------ layering
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            out += " (key)"
+        else:
+            text = str(part) if _PLAIN.match(str(part)) else repr(part)
+            out += f".{text}" if out else text
+    return out or "<top level>"
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class _Merged:
+    """The document being layered, and which layer set each value."""
+
+    doc: dict[str, Any] = field(default_factory=dict)
+    origin: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def _set(self, node: dict[str, Any], path: tuple[str, ...], value: Any, label: str) -> None:
+        node[path[-1]] = copy.deepcopy(value)
+        # The subtree is replaced whole: what earlier layers set inside it is gone.
+        n = len(path)
+        for p in [p for p in self.origin if len(p) > n and p[:n] == path]:
+            del self.origin[p]
+        self.origin[path] = label
+
+    def merge(
+        self,
+        overlay: Mapping[str, Any],
+        label: str,
+        node: dict[str, Any] | None = None,
+        model: type[BaseModel] | None = Params,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Overlay ``overlay`` at ``prefix``: sections key by key, other values whole."""
+        node = self.doc if node is None else node
+        for key, value in overlay.items():
+            path = (*prefix, key)
+            sub = _section_type(model, key)
+            if sub is not None and isinstance(value, dict) and isinstance(node.get(key), dict):
+                self.merge(value, label, node[key], sub, path)
+            else:
+                self._set(node, path, value, label)
+
+    def source(self, loc: tuple[Any, ...]) -> str | None:
+        """The label of the layer that set the value at ``loc`` (or its closest parent)."""
+        for n in range(len(loc), 0, -1):
+            label = self.origin.get(tuple(loc[:n]))
+            if label is not None:
+                return label
+        return None
+
+    def override(self, text: str) -> None:
+        """Apply one ``--set dotted.key=value``."""
+        label = f"--set {_shorten(text)}"
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise ConfigError(f"{label}: expected dotted.key=value, found no '='")
+        parts = tuple(p.strip() for p in key.split("."))
+        if not key.strip():
+            raise ConfigError(f"{label}: the key before '=' is empty")
+        if any(not p for p in parts):
+            raise ConfigError(
+                f"{label}: empty part in the key {key.strip()!r} "
+                "(a key looks like labels.horizon_days)"
+            )
+        if parts[0] in ("profile", "profiles"):
+            raise ConfigError(
+                f"{label}: profiles are chosen with --profile NAME (or ${PROFILE_ENV}), not set"
+            )
+        value = _yaml(raw, label)
+        node, model = self.doc, Params
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None and part not in node:
+                child = node[part] = {}  # an unknown key: validation names it
+                self.origin[parts[: i + 1]] = label
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                was = self.source(parts[: i + 1])
+                raise ConfigError(
+                    f"{label}: {where} is not a section, it holds the value "
+                    f"{_shorten(repr(child), 60)}" + (f" (from {was})" if was else "")
+                )
+            node, model = child, _section_type(model, part)
+        last = parts[-1]
+        sub = _section_type(model, last)
+        if sub is not None and isinstance(value, dict) and isinstance(node.get(last), dict):
+            self.merge(value, label, node[last], sub, parts)
+        else:
+            self._set(node, parts, value, label)
+
+
+def _split_profiles(raw: Any, label: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The base mapping of a parameters file, and its profiles."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping, got {type(raw).__name__}")
+    doc = dict(raw)
+    if "profile" in doc:
+        raise ConfigError(
+            f"{label}: profile: not a parameter; choose a profile with --profile NAME "
+            f"(or ${PROFILE_ENV})"
+        )
+    profiles = doc.pop("profiles", None)
+    if profiles is None:
+        profiles = {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{label}: profiles: must be a mapping of name: overlay")
+    for name, overlay in profiles.items():
+        if overlay is not None and not isinstance(overlay, dict):
+            raise ConfigError(f"{label}: profiles.{name}: must be a mapping of overlaid keys")
+        nested = {"profile", "profiles"} & set(overlay or {})
+        if nested:
+            raise ConfigError(f"{label}: profiles.{name}.{nested.pop()}: profiles do not nest")
+    return doc, {str(k): v or {} for k, v in profiles.items()}
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] | None = Params
+    for part in loc[:-1]:
+        model = _section_type(model, part)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _problems(err: ValidationError, merged: _Merged) -> list[str]:
+    lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
+        loc = tuple(e["loc"])
+        issues = getattr(e.get("ctx", {}).get("error"), "issues", None)
+        if issues:
+            # A cross-key rule: name its key, and the source of the keys it depends on.
+            for issue in issues:
+                path = (*loc, *issue.key.split("."))
+                src = merged.source(path)
+                deps = [(d, merged.source((*loc, *d.split(".")))) for d in issue.depends_on]
+                others = [f"{_dotted((*loc, *d.split('.')))} from {s}" for d, s in deps if s != src]
+                where = "; ".join([*([f"from {src}"] if src else []), *others])
+                lines.append(f"{_dotted(path)}: {issue.message}" + (f" ({where})" if where else ""))
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggest(loc)
+        elif e["type"] == "missing":
+            msg = "missing: every key needs a value in the project's params.yaml"
+        elif e["type"] == "value_error":
+            msg = str(e["ctx"]["error"])
+        else:
+            msg = e["msg"]
+        src = merged.source(loc)
+        lines.append(f"{_dotted(loc)}: {msg}" + (f" (from {src})" if src else ""))
+    return lines
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+def _build(
+    files: list[tuple[Any, str]],
+    profile: str | None,
+    profile_source: str,
+    overrides: Iterable[str],
+) -> Params:
+    """Layer ``files`` (raw document, label), the profile and the overrides; validate."""
+    merged = _Merged()
+    profiles: list[tuple[dict[str, Any], str]] = []
+    known: set[str] = set()
+    for raw, label in files:
+        doc, file_profiles = _split_profiles(raw, label)
+        merged.merge(doc, label)
+        known |= set(file_profiles)
+        if profile and profile in file_profiles:
+            name = f"profiles.{profile}"
+            profiles.append(
+                (file_profiles[profile], name if label == DEFAULTS_LABEL else f"{name} in {label}")
+            )
+    if profile and not profiles:
+        raise ConfigError(
+            f"profiles.{profile}: unknown profile (known: {', '.join(sorted(known)) or 'none'}) "
+            f"(from {profile_source})"
+        )
+    for overlay, label in profiles:
+        merged.merge(overlay, label)
+    for text in overrides:
+        merged.override(text)
+    merged.doc["profile"] = profile
+    try:
+        return Params.model_validate(merged.doc)
+    except ValidationError as err:
+        lines = _problems(err, merged)
+        raise ConfigError("invalid parameters:\n  " + "\n  ".join(lines)) from None
 
 
 def parse_params(
     raw: dict[str, Any],
     profile: str | None = None,
     overrides: tuple[str, ...] = (),
-    source: str = "params.yaml",
+    source: str = DEFAULTS_LABEL,
 ) -> Params:
-    """Validate a raw mapping (as read from YAML) into :class:`Params`.
+    """Validate a parameters mapping (as read from YAML), overlaid on the project defaults.
 
     Args:
-        raw: the parsed YAML document.
+        raw: the parsed YAML document; it may be partial (missing keys keep the values of
+            the project's params.yaml).
         profile: name of a ``profiles.<name>`` overlay to apply, or None.
         overrides: ``dotted.key=value`` strings applied last (values parsed as YAML).
-        source: name used in error messages.
+        source: how error messages name ``raw``.
 
     Returns:
         The frozen parameters.
 
     Raises:
-        ConfigError: unknown profile, or a key that is unknown or ill-typed (its dotted
-            path is in the message).
+        ConfigError: unknown profile, malformed override, or a key that is unknown or
+            breaks a rule; the message names its dotted path and the layer it came from.
 
     """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
-    doc = dict(raw)
-    profiles = doc.pop("profiles", None) or {}
-    if profile:
-        if profile not in profiles:
-            known = ", ".join(sorted(profiles)) or "none"
-            raise ConfigError(f"profiles.{profile}: unknown profile (known: {known})")
-        doc = _deep_merge(doc, profiles[profile])
-    for text in overrides:
-        keys, value = _parse_override(text)
-        node = doc
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
-    doc["profile"] = profile
-    try:
-        return Params.model_validate(doc)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+    return _build(
+        [(_defaults_raw(), DEFAULTS_LABEL), (raw, source)],
+        profile,
+        f"--profile {profile}",
+        overrides,
+    )
 
 
 def load_params(
@@ -340,26 +832,40 @@ def load_params(
     profile: str | None = None,
     overrides: tuple[str, ...] = (),
 ) -> Params:
-    """Read and validate ``params.yaml``.
+    """Read the parameters: the project's params.yaml, overlaid by ``path`` when given.
 
     Args:
-        path: the YAML file; defaults to ``$ENGAGE_PARAMS`` or ``<root>/params.yaml``.
+        path: the user's parameters file (may be partial); defaults to ``$ENGAGE_PARAMS``,
+            else only the project's ``params.yaml`` is read.
         profile: overlay name; defaults to ``$ENGAGE_PROFILE``.
         overrides: ``dotted.key=value`` strings applied last.
 
     Raises:
-        ConfigError: the file is missing or invalid.
+        ConfigError: a file is missing or not valid YAML, or the parameters are invalid
+            (see :func:`parse_params`).
 
     """
-    path = Path(path or os.environ.get(PARAMS_ENV) or PROJECT_ROOT / "params.yaml")
-    if not path.is_file():
-        raise ConfigError(f"parameters file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    profile = profile or os.environ.get(PROFILE_ENV) or None
-    return parse_params(raw, profile=profile, overrides=overrides, source=str(path))
+    files: list[tuple[Any, str]] = [(_defaults_raw(), DEFAULTS_LABEL)]
+    from_env = path is None and bool(os.environ.get(PARAMS_ENV))
+    if from_env:
+        path = os.environ[PARAMS_ENV]
+    if path is not None:
+        user = Path(path).expanduser().resolve()
+        if user != Path(DEFAULTS_FILE).resolve():
+            label = f"${PARAMS_ENV}={user}" if from_env else str(user)
+            files.append((_read_yaml_file(user, label), label))
+    if profile:
+        profile_source = f"--profile {profile}"
+    else:
+        profile = os.environ.get(PROFILE_ENV) or None
+        profile_source = f"${PROFILE_ENV}={profile}"
+    return _build(files, profile, profile_source, overrides)
+
+
+def _directory(path: Path, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: {path} is a file, not a directory")
+    return path
 
 
 def resolve_paths(params: Params, root: Path = PROJECT_ROOT) -> Paths:
@@ -367,12 +873,16 @@ def resolve_paths(params: Params, root: Path = PROJECT_ROOT) -> Paths:
 
     ``$ENGAGE_DATA_DIR`` (when set) replaces ``data.dir`` and also holds the MLflow store
     (``<data dir>/mlruns``), so a test or a second data set never touches the defaults.
+
+    Raises:
+        ConfigError: the data or MLflow directory exists as a file.
+
     """
     env_dir = os.environ.get(DATA_DIR_ENV)
     if env_dir:
-        data_dir = Path(env_dir).expanduser().resolve()
-        mlruns = data_dir / "mlruns"
+        data_dir = _directory(Path(env_dir).expanduser().resolve(), f"${DATA_DIR_ENV}")
+        mlruns = _directory(data_dir / "mlruns", f"${DATA_DIR_ENV}/mlruns")
     else:
-        data_dir = (root / params.data.dir).resolve()
-        mlruns = (root / params.mlflow.dir).resolve()
+        data_dir = _directory((root / params.data.dir).resolve(), "data.dir")
+        mlruns = _directory((root / params.mlflow.dir).resolve(), "mlflow.dir")
     return Paths(root=root, data_dir=data_dir, mlruns_dir=mlruns, params=params)

@@ -108,7 +108,7 @@ def test_every_feature_has_a_description_and_tags_from_the_catalog(profile):
 def test_a_value_unit_must_belong_to_a_value_event_type():
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["data"]["value_units"] = {"email_open": "seconds"}
-    with pytest.raises(ValueError, match="value_units: not in value_event_types"):
+    with pytest.raises(ValueError, match=r"data\.value_units: not in data\.value_event_types"):
         parse_params(raw)
     raw["data"]["value_units"] = {}
     fields = {

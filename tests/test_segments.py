@@ -6,12 +6,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engage.config import SegmentsParams, ValueParams
+from engage.config import load_params
 from serving.segments import REQUIRED, SEGMENTS, assign_segments, normalise_segment, segment_rules
 from serving.value import customer_value, purchase_frequency
 
-P = SegmentsParams()  # the defaults of params.yaml
+P = load_params().segments  # the defaults of params.yaml
 NAN = np.nan
+
+
+def _with(section: str, changes: dict):
+    return getattr(
+        load_params(overrides=tuple(f"{section}.{k}={v}" for k, v in changes.items())), section
+    )
+
+
+def segments_with(**changes):
+    return _with("segments", changes)
+
+
+def value_with(**changes):
+    return _with("value", changes)
+
 
 # An active, established prospect that matches no specific rule (a Ghost).
 BASE = {
@@ -177,7 +192,7 @@ def test_segments_are_exhaustive_and_exclusive(seed):
 
 
 def test_thresholds_come_from_params():
-    strict = SegmentsParams(lost_inactive_days=30, at_risk_inactive_days=10)
+    strict = segments_with(lost_inactive_days=30, at_risk_inactive_days=10)
     row = pd.DataFrame([{**BASE, "days_since_last_event": 31.0}])
     assert str(assign_segments(row, strict)[0]) == "Lost"
     assert str(assign_segments(row, P)[0]) == "Ghost"
@@ -206,7 +221,7 @@ def value_frame(rows):
 def test_clv_matches_the_product_brief_example():
     # 100 $ a purchase, 12 purchases a year, 1 year: 1,200 $; 40 % churn risk: 480 $ at risk.
     frame = value_frame([(1, 100.0, 12, 30.0)])
-    out = customer_value(frame, np.array([0.4]), ValueParams(lifespan_years=1.0))
+    out = customer_value(frame, np.array([0.4]), value_with(lifespan_years=1.0))
     assert out["clv"].iloc[0] == pytest.approx(1200.0)
     assert out["value_at_risk"].iloc[0] == pytest.approx(480.0)
 
@@ -221,18 +236,18 @@ def test_clv_by_hand_with_both_frequency_methods():
         ]
     )
     q = np.array([0.5, 0.1, 1.0, NAN])
-    by_count = customer_value(frame, q, ValueParams(lifespan_years=2.0))
+    by_count = customer_value(frame, q, value_with(lifespan_years=2.0))
     np.testing.assert_allclose(by_count["clv"], [400.0, 160.0, 80.0, 0.0])
     np.testing.assert_allclose(by_count["value_at_risk"], [200.0, 16.0, 80.0, 0.0])
-    by_gap = customer_value(frame, q, ValueParams(lifespan_years=2.0, frequency="mean_gap"))
+    by_gap = customer_value(frame, q, value_with(lifespan_years=2.0, frequency="mean_gap"))
     np.testing.assert_allclose(by_gap["clv"], [500.0, 160.0, 80.0, 0.0])
     np.testing.assert_allclose(
-        purchase_frequency(frame, ValueParams(frequency="mean_gap")), [5.0, 1.0, 2.0, 0.0]
+        purchase_frequency(frame, value_with(frequency="mean_gap")), [5.0, 1.0, 2.0, 0.0]
     )
 
 
 def test_value_input_errors():
     with pytest.raises(ValueError, match=r"value: missing feature column\(s\) \['avg_order_value'"):
-        customer_value(pd.DataFrame({"has_purchased": [1]}), np.array([0.1]), ValueParams())
+        customer_value(pd.DataFrame({"has_purchased": [1]}), np.array([0.1]), value_with())
     with pytest.raises(ValueError, match="1 feature rows but 2 p_churn values"):
-        customer_value(value_frame([(1, 1.0, 1, NAN)]), np.array([0.1, 0.2]), ValueParams())
+        customer_value(value_frame([(1, 1.0, 1, NAN)]), np.array([0.1, 0.2]), value_with())

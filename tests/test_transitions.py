@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from engage.config import PROJECT_ROOT, Paths, ServingParams, load_params
+from engage.config import PROJECT_ROOT, Paths, load_params
 from serving.runs import META_KEY, SCHEMA
 from serving.scoring import empty_reasons
 from serving.transitions import WebhookError, deliver, read_ledger, stage_transitions
@@ -139,7 +139,13 @@ class Receiver:
         self.server.server_close()
 
 
-FAST = ServingParams(webhook_retries=3, webhook_backoff_s=0.01, webhook_timeout_s=5)
+FAST = load_params(
+    overrides=(
+        "serving.webhook_retries=3",
+        "serving.webhook_backoff_s=0.01",
+        "serving.webhook_timeout_s=5",
+    )
+).serving
 
 
 def test_delivered_once_then_skipped(runs):
@@ -167,7 +173,9 @@ def test_a_receiver_that_fails_twice_is_retried(runs):
 
 def test_a_failed_delivery_is_not_recorded_and_can_be_retried(runs):
     tr = stage_transitions(runs)
-    params = ServingParams(webhook_retries=2, webhook_backoff_s=0.0)
+    params = load_params(
+        overrides=("serving.webhook_retries=2", "serving.webhook_backoff_s=0.0")
+    ).serving
     with Receiver([500, 500, 500]) as hook:
         with pytest.raises(WebhookError, match=r"not delivered after 3 attempt\(s\) \(HTTP 500\)"):
             deliver(runs, tr, hook.url, params)
