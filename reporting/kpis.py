@@ -1,4 +1,4 @@
-"""Engagement KPIs by month, with the formulas of PRODUCT.md.
+"""Engagement KPIs by month, with the formulas of docs/DOMAIN.md#kpi-formulas.
 
 - Customer retention rate: CRR = (E - N) / S x 100, with S active customers at the start
   of the month, E at its end and N acquired during it.

@@ -1,10 +1,10 @@
 """One self-contained HTML report for a retention lead.
 
 Sections: the engagement index (quadrants and segments of the last scoring runs and the
-stage movements between the last two), monthly KPIs (formulas of PRODUCT.md), model
-quality against the baselines (from the champions' MLflow runs), the SHAP summaries, and
-the top customers at risk with their reasons. Images are embedded as base64 PNG, so the
-file opens anywhere without network access.
+stage movements between the last two), monthly KPIs (formulas in
+docs/DOMAIN.md#kpi-formulas), model quality against the baselines (from the champions'
+MLflow runs), the SHAP summaries, and the top customers at risk with their reasons.
+Images are embedded as base64 PNG, so the file opens anywhere without network access.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The engagement index: which half, which stage, the engagement score and the dial.
 
+What the halves and stages mean: docs/DOMAIN.md#the-engagement-index.
+
 Pure, vectorised functions on arrays; batch scoring and the prediction endpoint both
 call :func:`engagement_index`.
 

@@ -1,5 +1,7 @@
 """Lifecycle segments: one per contact, from its features and ``params.segments``.
 
+What each segment means and the action it calls for: docs/DOMAIN.md#lifecycle-segments.
+
 The rules are evaluated in a fixed priority order and the first that holds wins, so each
 contact gets exactly one segment; the last rule of each half is a catch-all, so none is
 left out. Thresholds are keys of the ``segments`` section of params.yaml.

@@ -9,8 +9,9 @@ Purchases per year (``value.frequency``):
 - ``mean_gap``: 365.25 / mean days between two purchases, falling back to
   ``purchases_365d`` for a customer with a single purchase (no gap yet).
 
-A prospect (no purchase) has no observed value: CLV 0, value at risk 0. PRODUCT.md's
-example: 100 $ a purchase, 12 purchases a year, 1 year gives 1,200 $.
+A prospect (no purchase) has no observed value: CLV 0, value at risk 0. The worked
+example of docs/DOMAIN.md#customer-lifetime-value-clv-and-value-at-risk: 100 $ a
+purchase, 12 purchases a year, 1 year gives 1,200 $ (tests/test_docs.py checks it).
 """
 
 from __future__ import annotations

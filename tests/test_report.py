@@ -1,4 +1,4 @@
-"""KPI formulas (hand-computed, from PRODUCT.md) and the HTML report of a small run."""
+"""KPI formulas (hand-computed, docs/DOMAIN.md#kpi-formulas) and the HTML report of a run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from reporting.kpis import churn_rate, ctr, monthly_kpis, nps, retention_rate
 from reporting.report import SECTIONS, build_report
 
 
-def test_kpi_formulas_match_the_product_brief_examples():
+def test_kpi_formulas_match_the_domain_examples():
     assert retention_rate(start=10_000, end=12_000, acquired=5_000) == pytest.approx(70.0)
     assert churn_rate(start=1_000, lost=100) == pytest.approx(10.0)
     assert ctr(clicks=100, sent=1_000) == pytest.approx(10.0)
