@@ -559,7 +559,9 @@ def test_bombs_and_deep_nesting_are_refused_quickly(tmp_path, text, message):
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=message):
         load_params(user)
-    assert time.perf_counter() - start < 0.5  # measured: a few milliseconds
+    # Not a speed target: unbounded, these expand for hours. Refused here in milliseconds;
+    # the bound only has to tell "refused by the limits" from "expanded" on a busy machine.
+    assert time.perf_counter() - start < 10
 
 
 def test_a_bomb_in_an_override_is_refused_too():
@@ -567,7 +569,7 @@ def test_a_bomb_in_an_override_is_refused_too():
     start = time.perf_counter()
     with pytest.raises(ConfigError, match="aliases expand to more than 10,000 nodes"):
         load_params(overrides=(f"labels.horizon_days={bomb}",))
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 10  # see above: a hang guard, not a speed target
 
 
 # ------------------------------------------------------------------------ semantic bounds
