@@ -29,6 +29,7 @@ import pandas as pd
 
 from engage.config import Paths, ServingParams
 from features.catalog import ENTITY_KEY
+from serving.index import STAGES
 from serving.runs import RunInfo, find_run, list_runs
 
 LEDGER = "webhook_ledger.json"
@@ -61,8 +62,16 @@ class Transitions:
     left: int
 
     def matrix(self) -> pd.DataFrame:
-        """Counts of changes, from-stage rows x to-stage columns."""
-        return pd.crosstab(self.changes["from_stage"], self.changes["to_stage"])
+        """Counts of changes, from-stage rows x to-stage columns, both in dial order.
+
+        Every stage has its row and column (Nurture, Purchase, Retention, Exit), zeros
+        included, so matrices of different runs line up.
+        """
+        counts = pd.crosstab(self.changes["from_stage"], self.changes["to_stage"])
+        stages = list(STAGES)
+        return counts.reindex(index=stages, columns=stages, fill_value=0).rename_axis(
+            index="from_stage", columns="to_stage"
+        )
 
     def payload(self) -> dict:
         """The JSON document POSTed to the webhook."""

@@ -45,7 +45,16 @@ def test_notebook_executes(pipeline, path, tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    errors = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
-    ]
-    assert not errors
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    # No warning boxes: nothing on stderr (library warnings are fixed at their cause).
+    assert [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"] == []
+    for o in outputs:
+        data = o.get("data", {})
+        text = data.get("text/plain", "")
+        # No stray reprs such as <matplotlib.legend.Legend at 0x...>: a cell shows a
+        # table, a figure or printed text, never an object address.
+        if set(data) == {"text/plain"}:
+            assert not text.startswith("<"), text
+        # Dates without midnight times.
+        assert "00:00:00" not in text and "00:00:00" not in data.get("text/html", ""), text
