@@ -311,6 +311,7 @@ class MonitoringParams(_Section):
     at_risk_top: Annotated[Int, Field(gt=0)]
     min_rows: Annotated[Int, Field(gt=0)]
     reference_rows: Annotated[Int, Field(gt=0)]
+    reference_window: Literal["test", "train"]
     seed: Seed
 
     @model_validator(mode="after")
