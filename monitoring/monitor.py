@@ -303,9 +303,10 @@ def feature_drift(paths: Paths, params: Params, progress: Progress | None = None
     """PSI of each champion's inputs: its data window against the latest snapshot.
 
     The window is the as-of range of the champion's ``monitoring.reference_window`` split
-    (``as_of_test`` or ``as_of_train`` of its ``model.json``); its snapshots are read for the model's rows (every contact, or its
-    own half) and sampled to ``monitoring.reference_rows`` in all (seeded), the latest
-    snapshot too. Models without a champion are skipped.
+    (``as_of_test`` or ``as_of_train`` of its ``model.json``); its snapshots are read for
+    the model's rows (every contact, or its own half) and sampled to
+    ``monitoring.reference_rows`` in all (seeded), the latest snapshot too. Models
+    without a champion are skipped.
 
     Returns:
         One :class:`FeatureDrift` per champion.
