@@ -74,6 +74,22 @@ per contact (40 % of them e-mails sent). Churn follows ``simulate.decline_share`
 ``decline_share / 12`` of the customers leave each month; the rest of the measured churn
 is quiet months of buyers who stay.
 
+Drift scenarios
+---------------
+``simulate.drift_kind`` changes behaviour from ``simulate.drift_start_day`` on, to show the
+monitoring loop at work (``engage monitor``, ``engage retrain``):
+
+* ``email_fatigue``: the log-odds of every open fall by ``simulate.drift_strength`` and
+  those of a click (given the open) by half of it, for every contact;
+* ``competitor``: each active customer may defect each week with hazard
+  ``0.03 x drift_strength x sensitivity``, the sensitivity in (0, 2) higher for smaller
+  baskets; a defector does nothing any more (the e-mails keep coming).
+
+Both draw from their own random stream and only remove rows the run draws without drift
+(thinning), so every event before the drift day, its id included, is the same with and
+without the drift; with ``drift_kind: null`` the output is the one of before the scenarios
+existed (tests/test_simulate_drift.py holds its checksums).
+
 Implementation
 --------------
 Contacts are simulated in chunks of ``simulate.chunk_customers`` with
