@@ -176,6 +176,10 @@ class SimulateParams(_Section):
     # exp(20) ~ 5e8 as a median amount is already absurd; beyond, amounts overflow.
     amount_log_mean: Annotated[Float, Field(ge=-20, le=20)]
     amount_log_sd: Annotated[Float, Field(gt=0, le=5)]
+    # A drift scenario (engage/data/simulate.py): None keeps the behaviour of every day.
+    drift_kind: Literal["email_fatigue", "competitor"] | None
+    drift_start_day: DayThreshold
+    drift_strength: Annotated[Float, Field(ge=0, le=10)]
 
 
 class FeaturesParams(_Section):
@@ -296,6 +300,37 @@ class ServingParams(_Section):
     webhook_timeout_s: Annotated[Float, Field(gt=0, le=600)]
 
 
+class MonitoringParams(_Section):
+    experiment: Text
+    psi_bins: Annotated[Int, Field(ge=2, le=100)]
+    # PSI has no upper bound; 0 makes every shift a warning (or an alert).
+    psi_warn: Annotated[Float, Field(ge=0)]
+    psi_alert: Annotated[Float, Field(ge=0)]
+    auc_drop_warn: Probability
+    auc_drop_alert: Probability
+    at_risk_top: Annotated[Int, Field(gt=0)]
+    min_rows: Annotated[Int, Field(gt=0)]
+    reference_rows: Annotated[Int, Field(gt=0)]
+    reference_window: Literal["test", "train"]
+    seed: Seed
+
+    @model_validator(mode="after")
+    def _warn_before_alert(self) -> MonitoringParams:
+        issues = []
+        for warn, alert in (("psi_warn", "psi_alert"), ("auc_drop_warn", "auc_drop_alert")):
+            if getattr(self, warn) > getattr(self, alert):
+                issues.append(
+                    _Issue(
+                        warn,
+                        f"must be at most monitoring.{alert} ({getattr(self, alert)}): "
+                        "a warning comes before an alert",
+                        (alert,),
+                    )
+                )
+        _raise(issues)
+        return self
+
+
 class Params(_Section):
     """All parameters; ``profile`` records which profile was applied (None: none)."""
 
@@ -311,6 +346,7 @@ class Params(_Section):
     value: ValueParams
     scoring: ScoringParams
     serving: ServingParams
+    monitoring: MonitoringParams
     profile: str | None
 
     @model_validator(mode="after")

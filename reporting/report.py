@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from engage.config import Params, Paths  # noqa: E402
 from engage.specs import MODEL_NAMES  # noqa: E402
 from reporting.kpis import monthly_kpis  # noqa: E402
+from reporting.monitoring_section import monitoring_section  # noqa: E402
 from serving.index import STAGES  # noqa: E402
 from serving.segments import SEGMENTS  # noqa: E402
 
@@ -33,6 +34,7 @@ SECTIONS = (
     "Model quality",
     "SHAP summary",
     "Top customers at risk",
+    "Did it come true?",
 )
 CURVES = ("roc.png", "calibration.png", "gain.png")
 _CSS = """
@@ -220,6 +222,7 @@ def build_report(
         "Model quality": quality,
         "SHAP summary": shap_html,
         "Top customers at risk": _at_risk_section(paths, top),
+        "Did it come true?": monitoring_section(paths, params),
     }
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,16 @@ class RunInfo:
     scored_at: pd.Timestamp
     rows: int
     versions: dict[str, str]
+    # What each model was trained for (horizon, label rule and its parameters), as stored
+    # by runs scored since the monitoring loop; empty for older runs (read the model).
+    trained_for: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def horizons(self) -> dict[str, int]:
+        """Label horizon (days) of each model whose run recorded it."""
+        return {
+            m: int(t["horizon_days"]) for m, t in self.trained_for.items() if "horizon_days" in t
+        }
 
 
 def run_info(path: Path) -> RunInfo:
@@ -127,6 +137,7 @@ def run_info(path: Path) -> RunInfo:
         scored_at=to_utc(m["scored_at"]),
         rows=int(m["rows"]),
         versions=m["versions"],
+        trained_for=m.get("trained_for") or {},
     )
 
 

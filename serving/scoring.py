@@ -226,6 +226,8 @@ def score(
         "features_file": snap.path.name,
         "rows": total,
         "top_k_reasons": params.scoring.top_k_reasons,
+        # What the models answer (horizon, label rule): the monitor labels the run with it.
+        "trained_for": {m: model.trained_for for m, model in champions.models.items()},
     }
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)

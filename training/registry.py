@@ -238,3 +238,85 @@ class GateDecision:
     new_score: float
     champion_score: float | None
     champion_version: str | None
+
+
+def version_ref(client, paths: Paths, name: str, version: str) -> ModelRef:
+    """Model version ``version`` of ``name`` (any alias or none).
+
+    Raises:
+        LookupError: no such version in the registry.
+
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise LookupError(
+            f"no version {version} of model {name!r} in {paths.tracking_uri}"
+        ) from None
+    return ModelRef(
+        name, str(mv.version), mv.run_id, client.get_model_version_download_uri(name, mv.version)
+    )
+
+
+def load_version(paths: Paths, name: str, version: str) -> EngageModel:
+    """Load version ``version`` of model ``name`` from its text and JSON files.
+
+    Used to read what an earlier version was trained for (a scoring run names the
+    versions it used). Nothing is unpickled.
+
+    Raises:
+        LookupError: no such version, or it is not an engage model.
+        training.model.ModelFormatError: the stored files are invalid.
+
+    """
+    client = setup_mlflow(paths)
+    ref = version_ref(client, paths, name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_model_dir(_local_model_dir(ref, Path(tmp)))
+
+
+@dataclass(frozen=True)
+class VersionRun:
+    """A model version, its training run's metrics and tags, and its MLflow model id."""
+
+    name: str
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    model_id: str | None
+
+
+def version_run(paths: Paths, name: str, version: str) -> VersionRun:
+    """The training run of version ``version`` of ``name`` (metrics, tags, model id).
+
+    Raises:
+        LookupError: no such version.
+
+    """
+    client = setup_mlflow(paths)
+    ref = version_ref(client, paths, name, version)
+    run = client.get_run(ref.run_id)
+    mv = client.get_model_version(name, ref.version)
+    return VersionRun(
+        name=name,
+        version=ref.version,
+        run_id=ref.run_id,
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        model_id=getattr(mv, "model_id", None),
+    )
+
+
+def latest_version(paths: Paths, name: str) -> str | None:
+    """The highest registered version of ``name`` (whatever its alias), or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = setup_mlflow(paths)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return str(max(int(v.version) for v in versions)) if versions else None

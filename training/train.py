@@ -23,6 +23,7 @@ from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from training.dataset import audit_against_events, check_feature_times, training_frame
 from training.evaluate import plot_curves, plot_importance, probability_metrics
+from training.fingerprint import PARAMS_TAG, params_fingerprint
 from training.fit_evaluate import Evaluation, fit_and_evaluate
 from training.labels import LABEL
 from training.model import EngageModel
@@ -164,6 +165,7 @@ def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -
             {
                 "git_commit": git_commit(paths.root),
                 "data_fingerprint": data_fingerprint(paths.events),
+                PARAMS_TAG: params_fingerprint(params),
                 "feature_service": fitted.feature_service,
                 "as_of_train": ranges["train"],
                 "as_of_valid": ranges["valid"],

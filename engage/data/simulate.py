@@ -74,6 +74,22 @@ per contact (40 % of them e-mails sent). Churn follows ``simulate.decline_share`
 ``decline_share / 12`` of the customers leave each month; the rest of the measured churn
 is quiet months of buyers who stay.
 
+Drift scenarios
+---------------
+``simulate.drift_kind`` changes behaviour from ``simulate.drift_start_day`` on, to show the
+monitoring loop at work (``engage monitor``, ``engage retrain``):
+
+* ``email_fatigue``: the log-odds of every open fall by ``simulate.drift_strength`` and
+  those of a click (given the open) by half of it, for every contact;
+* ``competitor``: each active customer may defect each week with hazard
+  ``0.03 x drift_strength x sensitivity``, the sensitivity in (0, 2) higher for smaller
+  baskets; a defector does nothing any more (the e-mails keep coming).
+
+Both draw from their own random stream and only remove rows the run draws without drift
+(thinning), so every event before the drift day, its id included, is the same with and
+without the drift; with ``drift_kind: null`` the output is the one of before the scenarios
+existed (tests/test_simulate_drift.py holds its checksums).
+
 Implementation
 --------------
 Contacts are simulated in chunks of ``simulate.chunk_customers`` with
@@ -172,6 +188,11 @@ _BASKET_SD = 0.25
 _TICKET = (0.008, 0.002, 4.0)  # customer rate, prospect rate, multiplier while declining
 _NPS_RATE = (0.012, 0.003)
 _NPS_SCORE = (7.6, 1.4, 1.3)  # mean, slope on e, noise sd
+# Drift scenarios (simulate.drift_kind). Their random draws come from a stream of their
+# own, and they only remove rows drawn as without drift, so every event before the drift
+# starts is the same with and without it (and no drift gives the same bytes as before).
+_DRIFT_STREAM = 2**41
+_COMPETITOR_RATE = 0.03  # weekly defection hazard of an average customer, x drift_strength
 
 # Relative activity per weekday, Monday first.
 _WEEKDAY = {
@@ -233,6 +254,10 @@ class _Chunk:
     campaign_ids: list[str]
     first_seen_us: np.ndarray
     latent: dict[str, int]
+    # Position of each row among the rows drawn without drift, and their number: event
+    # ids count those, so a drift removes rows without renumbering the others.
+    ordinal: np.ndarray
+    drawn: int
 
 
 @dataclass
@@ -240,11 +265,13 @@ class _Parts:
     """Accumulates the rows of each event kind before one concatenation."""
 
     cols: dict[str, list[np.ndarray]] = field(
-        default_factory=lambda: {k: [] for k in ("c", "t", "e", "v", "ch", "cp")}
+        default_factory=lambda: {k: [] for k in ("c", "t", "e", "v", "ch", "cp", "k")}
     )
 
-    def add(self, c, t, etype, channel, value=None, campaign=None) -> None:
+    def add(self, c, t, etype, channel, value=None, campaign=None, keep=None) -> None:
+        """Rows of one event kind; ``keep`` False marks a row a drift removes."""
         n = len(c)
+        self.cols["k"].append(np.ones(n, dtype=bool) if keep is None else keep)
         self.cols["c"].append(np.asarray(c, dtype=np.int64))
         self.cols["t"].append(np.asarray(t, dtype=np.int64))
         self.cols["e"].append(np.full(n, etype, dtype=np.int8))
@@ -352,6 +379,51 @@ def _order_by_contact_time(contact: np.ndarray, offset_us: np.ndarray, n: int) -
     return np.argsort((contact << shift) | offset_us, kind="stable")
 
 
+def _email_fatigue(sim, drift_rng, e_c, appeal, after, opened, clicked):
+    """Which opens and clicks survive the e-mail fatigue drift, or None without it.
+
+    From the drift on, an open's log-odds fall by ``drift_strength`` and a click's (given
+    the open) by half of it. Lowering a probability from p to p' is done by keeping each
+    open drawn without drift with probability p' / p (thinning), so the main random stream
+    draws exactly what it draws without drift. Returns ``(opens kept, clicks kept)``,
+    both (contacts x campaigns) boolean matrices.
+    """
+    if sim.drift_kind != "email_fatigue":
+        return None
+    logit_open = _OPEN[0] + _OPEN[1] * e_c + appeal
+    logit_click = _CLICK[0] + _CLICK[1] * e_c + appeal
+    s = sim.drift_strength
+    keep_open = np.where(after[None, :], _sigmoid(logit_open - s) / _sigmoid(logit_open), 1.0)
+    keep_click = np.where(
+        after[None, :], _sigmoid(logit_click - s / 2) / _sigmoid(logit_click), 1.0
+    )
+    opens = opened & (drift_rng.random(e_c.shape) < keep_open)
+    clicks = clicked & opens & (drift_rng.random(e_c.shape) < keep_click)
+    return opens, clicks
+
+
+def _defections(sim, drift_rng, basket, buyer, week_start_us, drift_us) -> np.ndarray:
+    """When each contact defects to the competitor (epoch µs; int64 max = never).
+
+    From the drift on, every active customer may leave each week with hazard
+    ``_COMPETITOR_RATE * drift_strength * sensitivity``; the sensitivity, in (0, 2) with
+    mean ~1, is higher for smaller baskets (price-sensitive buyers), a trait the events show
+    only through the amounts spent, so the churn model has to learn it.
+    """
+    n, n_weeks = buyer.shape
+    sensitivity = 2.0 * _sigmoid(-2.0 * basket / _BASKET_SD)
+    hazard = _COMPETITOR_RATE * sim.drift_strength * sensitivity
+    week_end = week_start_us + _WEEK_US
+    at_risk = buyer & (week_end > drift_us)[None, :]
+    leaves = at_risk & (drift_rng.random((n, n_weeks)) < -np.expm1(-hazard)[:, None])
+    out = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    who = np.flatnonzero(leaves.any(axis=1))
+    week = leaves[who].argmax(axis=1)
+    lo = np.maximum(week_start_us[week], drift_us)
+    out[who] = lo + (drift_rng.random(len(who)) * (week_end[week] - lo)).astype(np.int64)
+    return out
+
+
 def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: int) -> _Chunk:
     """Simulate ``n`` contacts; see the module docstring for the model."""
     rng = np.random.default_rng([seed, chunk_index])
@@ -362,6 +434,8 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     weeks = np.arange(n_weeks)
     week_start_us = start_us + weeks * _WEEK_US
     never = np.int64(10 * n_weeks)  # a week index that no comparison reaches
+    drift_us = start_us + sim.drift_start_day * _DAY_US
+    drift_rng = np.random.default_rng([seed, _DRIFT_STREAM, chunk_index])
 
     # --- who is who ---------------------------------------------------------------
     is_customer0 = rng.random(n) < sim.initial_customer_share
@@ -497,6 +571,8 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     p_open = _sigmoid(_OPEN[0] + _OPEN[1] * e_c + appeal) * alive[:, campaign_week]
     opened = sent & (rng.random(e_c.shape) < p_open)
     clicked = opened & (rng.random(e_c.shape) < _sigmoid(_CLICK[0] + _CLICK[1] * e_c + appeal))
+    # None: every open and click is kept (no e-mail drift).
+    fatigue = _email_fatigue(sim, drift_rng, e_c, appeal, send_us >= drift_us, opened, clicked)
 
     c, k = np.nonzero(sent)
     t_sent = send_us[k] + rng.integers(0, _SEND_SPREAD_US, len(c))
@@ -508,19 +584,23 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     t_open = t_sent[sent_rank[o_cells]] + rng.exponential(_OPEN_DELAY_MEAN_US, len(c)).astype(
         np.int64
     )
-    parts.add(c, t_open, OPEN, CH_EMAIL, campaign=k)
     is_click = clicked.ravel()[o_cells]
+    kept_open = kept_click = None
+    if fatigue is not None:
+        kept_open = fatigue[0].ravel()[o_cells]
+        kept_click = fatigue[1].ravel()[o_cells][is_click]
+    parts.add(c, t_open, OPEN, CH_EMAIL, campaign=k, keep=kept_open)
     c, k = c[is_click], k[is_click]
     t_click = (
         t_open[is_click]
         + 5 * _SECOND_US
         + rng.exponential(_CLICK_DELAY_MEAN_US, len(c)).astype(np.int64)
     )
-    parts.add(c, t_click, CLICK, CH_EMAIL, campaign=k)
     # The click lands on the site: a visit attributed to the campaign.
     t_visit = t_click + rng.integers(2 * _SECOND_US, 20 * _SECOND_US, len(c))
     dur = _session_seconds(rng, e_c[c, k])
-    parts.add(c, t_visit, VISIT, CH_WEB, value=dur, campaign=k)
+    parts.add(c, t_click, CLICK, CH_EMAIL, campaign=k, keep=kept_click)
+    parts.add(c, t_visit, VISIT, CH_WEB, value=dur, campaign=k, keep=kept_click)
 
     # --- web and social ---------------------------------------------------
     day_cdf, share = cdf["web"]
@@ -563,9 +643,19 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
     # --- keep what fits the period, sort by contact then time -------------------------------
     cols = parts.concat()
     keep = (cols["t"] >= np.maximum(first_seen_us[cols["c"]], start_us)) & (cols["t"] < horizon_us)
+    defect_us = None
+    if sim.drift_kind == "competitor":
+        defect_us = _defections(sim, drift_rng, basket, buyer, week_start_us, drift_us)
+        # A defector does nothing any more; the marketer keeps mailing them.
+        cols["k"] &= (cols["t"] < defect_us[cols["c"]]) | (cols["e"] == SENT)
     cols = {k: v[keep] for k, v in cols.items()}
     order = _order_by_contact_time(cols["c"], cols["t"] - start_us, n)
     cols = {k: v[order] for k, v in cols.items()}
+    kept = cols.pop("k")
+    drawn = len(kept)
+    ordinal = np.flatnonzero(kept)
+    if len(ordinal) < drawn:
+        cols = {k: v[kept] for k, v in cols.items()}
 
     leave_time = start_us + leave_week * _WEEK_US
     latent = {
@@ -574,6 +664,8 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
         "decliners": int((decline_start < n_weeks).sum()),
         "left": int((leave_time < horizon_us).sum()),
     }
+    if defect_us is not None:
+        latent["defected"] = int((defect_us < horizon_us).sum())
     return _Chunk(
         customer=cols["c"],
         time_us=cols["t"],
@@ -584,6 +676,8 @@ def _generate(sim: SimulateParams, chunk_index: int, n: int, days: int, seed: in
         campaign_ids=campaign_ids,
         first_seen_us=first_seen_us,
         latent=latent,
+        ordinal=ordinal,
+        drawn=drawn,
     )
 
 
@@ -602,11 +696,7 @@ def _to_tables(
     chunk: _Chunk, first_customer: int, event_id_offset: int
 ) -> tuple[pa.Table, pa.Table]:
     ids = _customer_ids(first_customer, len(chunk.first_seen_us))
-    n_events = len(chunk.customer)
-    event_ids = pc.cast(
-        pa.array(np.arange(event_id_offset + 1, event_id_offset + n_events + 1, dtype=np.int64)),
-        pa.string(),
-    )
+    event_ids = pc.cast(pa.array(event_id_offset + 1 + chunk.ordinal.astype(np.int64)), pa.string())
     events = pa.Table.from_arrays(
         [
             event_ids,
@@ -658,7 +748,9 @@ def simulate_chunk(
 
     Returns:
         ``(events, customers)`` with :data:`~engage.schema.EVENTS_SCHEMA` and
-        :data:`~engage.schema.CUSTOMERS_SCHEMA`; events sorted by contact then time.
+        :data:`~engage.schema.CUSTOMERS_SCHEMA`; events sorted by contact then time. With
+        a drift scenario, event ids keep the numbers they have without it (gaps where the
+        drift removed a row), so the next chunk's offset is the count without drift.
 
     Raises:
         ValueError: a simulated event type is not in ``data.event_types``, or the
@@ -707,10 +799,12 @@ def simulate_tables(
 
     """
     customers, days, seed = _resolve(sim, customers, days, seed)
+    _check_vocabulary(data)
     events, contacts, offset = [], [], 0
     for index, first, n in _chunks(customers, sim.chunk_customers):
-        ev, cu = simulate_chunk(sim, data, index, first, n, days, seed, offset)
-        offset += ev.num_rows
+        chunk = _generate(sim, index, n, days, seed)
+        ev, cu = _to_tables(chunk, first, offset)
+        offset += chunk.drawn
         events.append(ev)
         contacts.append(cu)
     return pa.concat_tables(events).to_pandas(), pa.concat_tables(contacts).to_pandas()
@@ -755,7 +849,7 @@ def simulate_to_parquet(
     tmp_events = events_path.with_name(f".{events_path.name}.{os.getpid()}.tmp")
     tmp_customers = customers_path.with_name(f".{customers_path.name}.{os.getpid()}.tmp")
     began = time.perf_counter()
-    n_events, latent = 0, {}
+    n_events, n_drawn, latent = 0, 0, {}
     # Sequential ids and compressible repeats: dictionary-encode only the low-cardinality
     # columns, the others would overflow the dictionary page anyway.
     options = {"compression": "zstd", "write_statistics": True}
@@ -771,7 +865,8 @@ def simulate_to_parquet(
                 chunk = _generate(sim, index, n, days, seed)
                 for key, count in chunk.latent.items():
                     latent[key] = latent.get(key, 0) + count
-                events, contacts = _to_tables(chunk, first, n_events)
+                events, contacts = _to_tables(chunk, first, n_drawn)
+                n_drawn += chunk.drawn
                 del chunk
                 ev_writer.write_table(events, row_group_size=1 << 20)
                 cu_writer.write_table(contacts)
