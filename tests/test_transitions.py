@@ -48,6 +48,7 @@ def write_run(paths: Paths, run_id: str, as_of: pd.Timestamp, stages: dict[str, 
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,
             "appetence_version": ["1"] * n,
+            "stage_runs": pa.array(np.ones(n, dtype="int32")),
         },
         schema=SCHEMA,
     )
