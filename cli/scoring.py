@@ -269,6 +269,8 @@ def transitions_command(
         f"({tr.to_run.as_of:%Y-%m-%d}): {len(tr.changes):,} stage change(s); "
         f"{tr.entered:,} new contact(s), {tr.left:,} gone"
     )
+    entered = ", ".join(f"{stage} {n:,}" for stage, n in tr.into_counts().items())
+    console.print(f"entered: {entered}")
     if len(tr.changes):
         matrix = tr.matrix()
         summary = Table(title="changes: from (rows) -> to (columns)")

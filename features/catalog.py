@@ -404,7 +404,7 @@ def _kind(spec: FeatureSpec, conv: str) -> str:
         (r"cart_abandonment_", "abandonment"),
         (r"last_.*_value$", "last_value"),
         (r".*_trend_\d+d$", "trend"),
-        (rf"(purchases_\d+d|.*_count_\d+d)$", "count"),
+        (r"(purchases_\d+d|.*_count_\d+d)$", "count"),
         (r"(revenue_\d+d|.*_value_\d+d)$", "sum"),
     ]
     for pattern, kind in patterns:
