@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from engage.specs import model_spec
+from serving.sentences import percent
 
 METRIC = re.compile(
     r"^test_(?P<method>[a-z0-9_]+?)_(?P<metric>roc_auc|pr_auc|precision_top_decile|"
@@ -96,11 +97,11 @@ def compare(name: str, metrics: dict[str, float], tags: dict[str, str], horizon:
         sentence = f"The {name} run logged no top-decile precision for {_said(served)}."
     else:
         sentence = (
-            f"Of the top 10 % of {who} flagged by {_said(served)}, {p:.0%} {outcome} "
+            f"Of the top 10 % of {who} flagged by {_said(served)}, {percent(p)} {outcome} "
             f"within {horizon} days"
         )
         if b is not None:
-            sentence += f", against {b:.0%} for {_said(baseline)}"
+            sentence += f", against {percent(b)} for {_said(baseline)}"
         sentence += " (held-out weeks)."
     if served != "model":
         sentence += f" The served {name} model is {_said(served)}: LightGBM did not beat it."
