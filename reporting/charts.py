@@ -80,7 +80,7 @@ class _Frame:
 
 def _open(name: str, width: int, height: int, title: str) -> str:
     return (
-        f'<svg class="chart" data-chart="{_esc(name)}" xmlns="http://www.w3.org/2000/svg" '
+        f'<svg class="chart" data-chart="{_esc(name)}" '
         f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{_esc(title)}" style="{FONT}">'
         f'<text x="8" y="16" style="font-weight:600;font-size:13px">{_esc(title)}</text>'

@@ -358,8 +358,11 @@ class Reasons:
         # Worded per feature, each distinct shown value once (serving/sentences.py).
         out = np.empty(len(flat_idx), dtype=object)
         raises = flat_con > 0
-        for j in np.unique(flat_idx):
-            at = np.flatnonzero(flat_idx == j)
+        # Group the positions by feature once (a sort), not one scan per feature.
+        order = np.argsort(flat_idx, kind="stable")
+        features, starts = np.unique(flat_idx[order], return_index=True)
+        for j, lo, hi in zip(features, starts, [*starts[1:], len(order)], strict=True):
+            at = order[lo:hi]
             out[at] = self.phrases[int(j)].texts(flat_val[at], raises[at], self.target)
         return out.tolist()
 

@@ -130,7 +130,9 @@ class Browser:
         """Evaluate ``expression`` in the page; returns its value (JSON-able)."""
         got = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
         if "exceptionDetails" in got:
-            raise RuntimeError(f"{expression[:60]}: {got['exceptionDetails'].get('text')}")
+            detail = got["exceptionDetails"]
+            text = detail.get("exception", {}).get("description") or detail.get("text")
+            raise RuntimeError(f"{expression[:60]}...: {text}")
         return got["result"].get("value")
 
     def screenshot(self, full_page: bool = True) -> bytes:
