@@ -208,7 +208,7 @@ def test_report_in_headless_chromium(pipeline, scored, tmp_path):
             got = page.js(
                 f"(() => {{ const s = document.getElementById('capacity'); s.value = {cap};"
                 " s.dispatchEvent(new Event('input'));"
-                " return document.getElementById('capacity-out').textContent; }})()"
+                " return document.getElementById('capacity-out').textContent; })()"
             )
             assert got == pick_capacity(rows, min(cap, float(page.js(
                 "document.getElementById('capacity').max"))))  # fmt: skip
