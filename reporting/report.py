@@ -188,9 +188,7 @@ def _call_list(paths: Paths, params: Params) -> str:
         f"The first {len(shown):,} of {len(frame):,}; the full list: "
         "<code>engage at-risk --call-list --format csv</code>."
     )
-    return _note(more) + _table(
-        shown[cols], fmt, left=("customer", "segment", "reasons", "action")
-    )
+    return _note(more) + _table(shown[cols], fmt, left=("customer", "segment", "reasons", "action"))
 
 
 # ------------------------------------------------------------ churn risk, capacity
@@ -292,8 +290,10 @@ def _churn_risk(paths: Paths, params: Params) -> str:
             f"Customers by churn risk, latest run ({len(q):,} customers)",
             labels,
             counts,
-            colours=[STAGE_COLOURS["Exit"] if a >= tau else STAGE_COLOURS["Retention"]
-                     for a in edges[:-1]],  # fmt: skip
+            colours=[
+                STAGE_COLOURS["Exit"] if a >= tau else STAGE_COLOURS["Retention"]
+                for a in edges[:-1]
+            ],  # fmt: skip
             marker=(tau, f"tau_churn {tau:g}: Exit from here"),
         )
     )
@@ -581,9 +581,7 @@ def _segments(paths: Paths, last_runs: int) -> str:
     return _table(segs, {s: "{:,.0f}" for s in SEGMENTS}, left=("run",))
 
 
-def build_report(
-    paths: Paths, params: Params, out: Path | None = None, last_runs: int = 4
-) -> Path:
+def build_report(paths: Paths, params: Params, out: Path | None = None, last_runs: int = 4) -> Path:
     """Write the HTML report and return its path (default ``<data>/reports/report.html``)."""
     out = out or paths.reports_dir / "report.html"
     quality, shap_html = _model_sections(paths, params)

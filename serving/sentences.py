@@ -101,7 +101,7 @@ def days(v: float) -> str:
 
 
 def count(n: float, one: str, many: str) -> str:
-    """"1 purchase", "12 purchases" (whole numbers)."""
+    """A whole count with its noun: "1 purchase", "12 purchases"."""
     k = int(_round(n))
     return f"1 {one}" if k == 1 else f"{k:,} {many}"
 
@@ -338,8 +338,7 @@ def phrases(names: Sequence[str], typical: np.ndarray, who: str, params: Params)
     """One :class:`Phrase` per feature name, from the catalog of ``params``."""
     specs = {s.name: s for s in feature_specs(params)}
     return [
-        Phrase(specs.get(n), n, float(t), who, params)
-        for n, t in zip(names, typical, strict=True)
+        Phrase(specs.get(n), n, float(t), who, params) for n, t in zip(names, typical, strict=True)
     ]
 
 
