@@ -70,7 +70,10 @@ def score_command(
 @app.command("at-risk")
 def at_risk_command(
     ctx: typer.Context,
-    top: Annotated[int, typer.Option("--top", help="Number of customers.", min=1)] = 20,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", help="Number of customers (default 20; the capacity).", min=1),
+    ] = None,
     segment: Annotated[
         str | None, typer.Option("--segment", help="Only this lifecycle segment.")
     ] = None,
@@ -103,7 +106,9 @@ def at_risk_command(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
     c = context(ctx)
     if call_list:
-        reachable, stage, top = True, "Exit", c.params.report.capacity
+        capacity = c.params.report.capacity
+        reachable, stage, top = True, "Exit", capacity if top is None else min(top, capacity)
+    top = 20 if top is None else top
     try:
         info, frame = at_risk_list(
             c.paths, top=top, segment=segment, run_id=run, reachable=reachable, stage=stage
@@ -117,7 +122,8 @@ def at_risk_command(
         typer.echo(to_json(frame, info))
         return
     currency = c.params.value.currency
-    title = f"top {len(frame)} at-risk customers, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    what = "customers to call" if call_list else "at-risk customers"
+    title = f"top {len(frame)} {what}, run {info.run_id} ({info.as_of:%Y-%m-%d})"
     if len(frame):
         title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"
     table = Table(title=title, show_lines=True)

@@ -68,8 +68,14 @@ class Transitions:
         return {s: int(counts.get(s, 0)) for s in STAGES}
 
     def matrix(self) -> pd.DataFrame:
-        """Counts of changes, from-stage rows x to-stage columns."""
-        return pd.crosstab(self.changes["from_stage"], self.changes["to_stage"])
+        """Counts of changes, from-stage rows x to-stage columns, in dial order."""
+        from serving.index import STAGES
+
+        m = pd.crosstab(self.changes["from_stage"], self.changes["to_stage"])
+        return m.reindex(
+            index=[s for s in STAGES if s in m.index],
+            columns=[s for s in STAGES if s in m.columns],
+        )
 
     def payload(self) -> dict:
         """The JSON document POSTed to the webhook."""
