@@ -29,6 +29,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e ".[dev,benchmarks]"
+	@# Headless Chromium for the report's browser test (Debian package). Best effort: where
+	@# apt is missing or not root, the test skips and says why.
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		>/dev/null 2>&1 || echo "chromium not installed: the report's browser test will skip"; }
 	@touch $@
 
 venv: $(BIN)/python ## create the virtual environment (.venv)

@@ -246,12 +246,12 @@ def score_latest(c: Context) -> str:
     from features.snapshots import pick_snapshot
     from serving.champions import load_champions
     from serving.runs import run_path
-    from serving.scoring import default_run_id, score
+    from serving.scoring import planned_run_id, score
 
     try:
         snap = pick_snapshot(c.paths.features_dir)
         champions = load_champions(c.paths, c.params)
-        run_id = default_run_id(snap.as_of, champions.versions, c.params)
+        run_id = planned_run_id(c.paths, c.params, snap.as_of, champions.versions)
         if run_path(c.paths, run_id).exists():
             console.print(f"run {run_id}: already scored (same snapshot, models and rules)")
             return run_id

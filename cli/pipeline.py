@@ -14,14 +14,20 @@ from cli.features import build_features
 from cli.models import train_models
 from cli.ui import console
 
+RECENT_RUNS = 4  # weekly runs scored by `engage run`: a stage trend, not just one move
 
-def score_last_two(c: Context) -> None:
-    """Score the previous snapshot and the latest, so the report shows stage movements."""
+
+def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
+    """Score the last ``runs`` snapshots in order, each against the one before it.
+
+    The report then shows a stage trend and the last move, and the stability rule of
+    the index has a previous run to compare with.
+    """
     from features.snapshots import list_snapshots
     from serving.scoring import score
 
     snaps = list_snapshots(c.paths.features_dir)
-    targets = [s.as_of for s in snaps[-2:]]
+    targets = [s.as_of for s in snaps[-runs:]]
     for as_of in targets:
         try:
             run_ = score(c.paths, c.params, as_of=as_of)
@@ -74,7 +80,7 @@ def run(
     with step("3. models"):
         train_models(c, "all")
     with step("4. batch scoring"):
-        score_last_two(c)
+        score_recent(c)
     with step("5. report"):
         path = write_report(c)
     console.print(f"[bold green]pipeline done[/bold green] in {time.perf_counter() - start:.0f} s")

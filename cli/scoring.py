@@ -1,4 +1,4 @@
-"""``engage score``, ``at-risk``, ``thresholds`` and ``transitions``.
+"""``engage score``, ``at-risk``, ``leads``, ``thresholds`` and ``transitions``.
 
 The modules they call live in ``serving/``; imports are deferred so ``engage --help``
 stays fast.
@@ -70,7 +70,10 @@ def score_command(
 @app.command("at-risk")
 def at_risk_command(
     ctx: typer.Context,
-    top: Annotated[int, typer.Option("--top", help="Number of customers.", min=1)] = 20,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", help="Number of customers (default 20; the capacity).", min=1),
+    ] = None,
     segment: Annotated[
         str | None, typer.Option("--segment", help="Only this lifecycle segment.")
     ] = None,
@@ -80,6 +83,20 @@ def at_risk_command(
     run: Annotated[
         str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
     ] = None,
+    reachable: Annotated[
+        bool,
+        typer.Option("--reachable", help="Only customers not lapsed yet (not Lost / At risk)."),
+    ] = False,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="Only this stage: Retention or Exit.")
+    ] = None,
+    call_list: Annotated[
+        bool,
+        typer.Option(
+            "--call-list",
+            help="This week's calls: --reachable --stage Exit --top report.capacity.",
+        ),
+    ] = False,
 ) -> None:
     """Customers by value at risk (p_churn x CLV), with reasons and a suggested action."""
     from serving.at_risk import FORMATS, at_risk_list, to_csv, to_json
@@ -88,8 +105,14 @@ def at_risk_command(
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
     c = context(ctx)
+    if call_list:
+        capacity = c.params.report.capacity
+        reachable, stage, top = True, "Exit", capacity if top is None else min(top, capacity)
+    top = 20 if top is None else top
     try:
-        info, frame = at_risk_list(c.paths, top=top, segment=segment, run_id=run)
+        info, frame = at_risk_list(
+            c.paths, top=top, segment=segment, run_id=run, reachable=reachable, stage=stage
+        )
     except (LookupError, ValueError) as err:
         fail(str(err))
     if fmt == "csv":
@@ -98,14 +121,18 @@ def at_risk_command(
     if fmt == "json":
         typer.echo(to_json(frame, info))
         return
-    title = f"top {len(frame)} at-risk customers, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    currency = c.params.value.currency
+    what = "customers to call" if call_list else "at-risk customers"
+    title = f"top {len(frame)} {what}, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    if len(frame):
+        title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"
     table = Table(title=title, show_lines=True)
     for col, justify in (
         ("customer", "left"),
         ("p_churn", "right"),
         ("stage", "left"),
         ("segment", "left"),
-        ("value at risk", "right"),
+        (f"value at risk ({currency})", "right"),
         ("top reasons", "left"),
         ("suggested action", "left"),
     ):
@@ -116,7 +143,7 @@ def at_risk_command(
             f"{row.p_churn:.2f}",
             row.stage,
             row.segment,
-            f"{row.value_at_risk:,.2f}",
+            f"{row.value_at_risk:,.0f}",
             escape("\n".join(f"- {r}" for r in row.reasons)),
             escape(row.action),
         )
@@ -248,6 +275,8 @@ def transitions_command(
         f"({tr.to_run.as_of:%Y-%m-%d}): {len(tr.changes):,} stage change(s); "
         f"{tr.entered:,} new contact(s), {tr.left:,} gone"
     )
+    entered = ", ".join(f"{stage} {n:,}" for stage, n in tr.into_counts().items())
+    console.print(f"entered: {entered}")
     if len(tr.changes):
         matrix = tr.matrix()
         summary = Table(title="changes: from (rows) -> to (columns)")
@@ -286,3 +315,87 @@ def transitions_command(
             f"webhook {escape(url)}: delivered (HTTP {result.http_status}, "
             f"{result.attempts} attempt(s))"
         )
+
+
+# ---------------------------------------------------------------------------- leads
+
+
+@app.command("leads")
+def leads_command(
+    ctx: typer.Context,
+    top: Annotated[int, typer.Option("--top", help="Number of SQLs.", min=1)] = 20,
+    format_: Annotated[
+        str, typer.Option("--format", help="table, csv or json.", case_sensitive=False)
+    ] = "table",
+    run: Annotated[
+        str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
+    ] = None,
+    funnel: Annotated[
+        bool, typer.Option("--funnel", help="Also the MQL -> SQL -> SAL -> won funnel per run.")
+    ] = False,
+) -> None:
+    """Sales-qualified leads (prospects in Purchase) by p_purchase, with reasons and actions."""
+    from serving.at_risk import FORMATS, to_csv, to_json
+    from serving.leads import lead_funnel, lead_list
+
+    fmt = format_.lower()
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
+    c = context(ctx)
+    try:
+        info, frame = lead_list(c.paths, c.params, top=top, run_id=run)
+        counts = lead_funnel(c.paths, c.params) if funnel else None
+    except (LookupError, ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    if fmt == "csv":
+        typer.echo(to_csv(frame), nl=False)
+        return
+    if fmt == "json":
+        typer.echo(to_json(frame, info))
+        return
+    title = f"top {len(frame)} sales-qualified leads, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    table = Table(title=title, show_lines=True)
+    for col, justify in (
+        ("customer", "left"),
+        ("p_purchase", "right"),
+        ("segment", "left"),
+        ("SQL since", "right"),
+        ("top reasons", "left"),
+        ("suggested action", "left"),
+    ):
+        table.add_column(col, justify=justify, overflow="fold")
+    for row in frame.itertuples(index=False):
+        since = "new" if row.stage_runs <= 1 else f"{row.stage_runs} runs"
+        table.add_row(
+            row.customer_id,
+            f"{row.p_purchase:.2f}",
+            row.segment,
+            since,
+            escape("\n".join(f"- {r}" for r in row.reasons)),
+            escape(row.action),
+        )
+    console.print(table)
+    if frame.empty:
+        console.print("[yellow]no prospect is in the Purchase stage[/yellow]")
+    if counts is not None:
+        f = Table(
+            title=(
+                f"lead funnel per run (SAL = {counts.accepted_event} within "
+                f"{c.params.leads.accepted_within_days} days; won = SAL who bought within "
+                f"{c.params.labels.horizon_days} days)"
+            )
+        )
+        for col in ("run", "as of", "MQL", "SQL", "SAL", "won", "SQL bought", "complete"):
+            f.add_column(col, justify="left" if col in ("run", "as of") else "right")
+        for r in counts.table.itertuples(index=False):
+            f.add_row(
+                r.run_id,
+                f"{r.as_of:%Y-%m-%d}",
+                f"{r.mql:,}",
+                f"{r.sql:,} ({_pct(r.sql_rate)})",
+                f"{r.sal:,} ({_pct(r.sal_rate)})",
+                f"{r.won:,} ({_pct(r.won_rate)})",
+                f"{r.bought:,} ({_pct(r.bought_rate)})",
+                "yes" if r.complete else "not yet",
+            )
+        console.print(f)

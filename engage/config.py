@@ -245,6 +245,9 @@ class MlflowParams(_Section):
 class IndexParams(_Section):
     tau_purchase: Probability
     tau_churn: Probability
+    # A margin wider than 0.5 would pin every contact in its first stage.
+    hysteresis: Annotated[Float, Field(ge=0, le=0.5)]
+    min_dwell_runs: Annotated[Int, Field(ge=1, le=52)]
 
 
 class SegmentsParams(_Section):
@@ -278,12 +281,27 @@ class SegmentsParams(_Section):
 class ValueParams(_Section):
     lifespan_years: Annotated[Float, Field(gt=0, le=100)]
     frequency: Literal["purchases_365d", "mean_gap"]
+    # An ISO 4217 code: it is printed after every amount ("1,200 EUR").
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
 
 class ScoringParams(_Section):
     dir: Text
     top_k_reasons: Annotated[Int, Field(ge=0)]
     batch_rows: Annotated[Int, Field(gt=0)]
+    reason_typical_tolerance: Annotated[Float, Field(ge=0, le=10)]
+
+
+class ReportParams(_Section):
+    capacity: Annotated[Int, Field(gt=0)]
+    call_list_rows: Annotated[Int, Field(gt=0, le=10_000)]
+
+
+class LeadsParams(_Section):
+    mql_segments: Annotated[tuple[Text, ...], AfterValidator(_unique)]
+    mql_min_p_purchase: Probability
+    accepted_event: Ident
+    accepted_within_days: Days
 
 
 class ServingParams(_Section):
@@ -345,6 +363,8 @@ class Params(_Section):
     segments: SegmentsParams
     value: ValueParams
     scoring: ScoringParams
+    report: ReportParams
+    leads: LeadsParams
     serving: ServingParams
     monitoring: MonitoringParams
     profile: str | None
@@ -364,6 +384,7 @@ class Params(_Section):
             ("features.interval_types", fp.interval_types),
             ("features.last_value_types", fp.last_value_types),
             ("features.cart_event", (fp.cart_event,) if fp.cart_event else ()),
+            ("leads.accepted_event", (self.leads.accepted_event,)),
         ]
         uses += [(f"features.rates.{name}", pair) for name, pair in fp.rates.items()]
         issues = []
@@ -380,6 +401,15 @@ class Params(_Section):
                     "data.value_units",
                     f"not in data.value_event_types: {no_value}",
                     ("data.value_event_types",),
+                )
+            )
+        if self.leads.mql_min_p_purchase > self.index.tau_purchase:
+            issues.append(
+                _Issue(
+                    "leads.mql_min_p_purchase",
+                    f"must be at most index.tau_purchase ({self.index.tau_purchase}): every "
+                    "SQL (a prospect in Purchase) must also be an MQL",
+                    ("index.tau_purchase",),
                 )
             )
         _raise(issues)

@@ -14,7 +14,7 @@ events with ``age <= w``, i.e. ``as_of - w days <= event_time < as_of``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from engage.config import Params
@@ -56,6 +56,11 @@ class FeatureSpec:
             ``ratio``, ``seconds``, or the ``data.value_units`` entry of a ``value``);
             None when unknown.
         window_days: the look-back window of a windowed count, sum, rate or trend.
+        kind: what sort of aggregate it is, for sentences that a person reads
+            (:mod:`serving.explain`): ``meta``, ``tenure``, ``flag``, ``recency`` (days
+            since the last event), ``first`` (days since the first), ``count``, ``sum``,
+            ``average``, ``interval`` (mean days between events), ``rate``,
+            ``abandonment``, ``last_value`` or ``trend``.
 
     """
 
@@ -67,6 +72,7 @@ class FeatureSpec:
     zero: bool = False
     unit: str | None = None
     window_days: int | None = None
+    kind: str | None = None
 
 
 def stat_windows(params: Params) -> list[int]:
@@ -369,11 +375,42 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 window_days=d,
             )
         )
+    specs = [replace(s, kind=_kind(s, conv)) for s in specs]
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"features: duplicate feature names from params.yaml: {dupes}")
     return specs
+
+
+def _kind(spec: FeatureSpec, conv: str) -> str:
+    """The ``kind`` of a feature built by :func:`feature_specs`, from its name and SQL."""
+    n = spec.name
+    fixed = {
+        SNAPSHOT_TIME: "meta",
+        "tenure_days": "tenure",
+        "has_purchased": "flag",
+        "days_since_first_purchase": "first",
+        "days_since_last_event": "recency",
+        "avg_order_value": "average",
+        "purchases_total": "count",
+        "revenue_total": "sum",
+    }
+    if n in fixed:
+        return fixed[n]
+    patterns = [
+        (r"days_since_last_", "recency"),
+        (r"mean_days_between_", "interval"),
+        (r"cart_abandonment_", "abandonment"),
+        (r"last_.*_value$", "last_value"),
+        (r".*_trend_\d+d$", "trend"),
+        (r"(purchases_\d+d|.*_count_\d+d)$", "count"),
+        (r"(revenue_\d+d|.*_value_\d+d)$", "sum"),
+    ]
+    for pattern, kind in patterns:
+        if re.match(pattern, n):
+            return kind
+    return "rate" if spec.unit == "rate" else "other"
 
 
 def feature_tags(spec: FeatureSpec) -> dict[str, str]:

@@ -10,6 +10,11 @@
 A customer is *active* at a time t when their last conversion event (purchase) is less
 than ``labels.active_within_days`` before t; *acquired* in a month when their first
 purchase falls in it; *lost* when active at the start and no longer at the end.
+
+**Warm-up months.** Until the events cover a full active window before a month's start,
+nobody can have lapsed yet and "active at the start" misses the customers who bought
+before the data begins: such a month would show 0 % churn and a retention rate of
+nothing. Its ``warm_up`` flag is set and its retention and churn rates are NaN.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def ctr(clicks: float, sent: float) -> float:
 def monthly_kpis(events_path: Path, params: Params) -> pd.DataFrame:
     """One row per calendar month (UTC) of the events with every KPI above.
 
-    Months at the edges are included; the first month has no customers at its start,
-    so its retention and churn rates are NaN.
+    Months at the edges are included. A month that starts less than
+    ``labels.active_within_days`` after the first event is a warm-up month
+    (``warm_up`` True): its retention and churn rates are NaN, not 0 %.
     """
     conv = params.data.conversion_event
     active_days = params.labels.active_within_days
@@ -70,6 +76,8 @@ def monthly_kpis(events_path: Path, params: Params) -> pd.DataFrame:
     firsts = buys.groupby("customer_id")["event_time"].min()
     rows = []
     window = pd.Timedelta(days=active_days)
+    began = con.execute("SELECT min(event_time) FROM ev").fetchone()[0]
+    began = pd.Timestamp(began).tz_convert("UTC") if began is not None else None
     for m in pd.to_datetime(months, utc=True):
         nxt = m + pd.offsets.MonthBegin(1)
 
@@ -95,6 +103,7 @@ def monthly_kpis(events_path: Path, params: Params) -> pd.DataFrame:
             [m.to_pydatetime(), nxt.to_pydatetime()],
         ).df()["value"]
         buyers = month_buys["customer_id"].nunique()
+        warm_up = began is None or m < began + window
         rows.append(
             {
                 "month": m.strftime("%Y-%m"),
@@ -102,8 +111,11 @@ def monthly_kpis(events_path: Path, params: Params) -> pd.DataFrame:
                 "customers_end": len(end),
                 "acquired": len(acquired),
                 "lost": len(start - end),
-                "retention_rate": retention_rate(len(start), len(end), len(acquired)),
-                "churn_rate": churn_rate(len(start), len(start - end)),
+                "warm_up": warm_up,
+                "retention_rate": float("nan")
+                if warm_up
+                else retention_rate(len(start), len(end), len(acquired)),
+                "churn_rate": float("nan") if warm_up else churn_rate(len(start), len(start - end)),
                 "ctr": ctr(counts.get("email_click", 0), counts.get("email_sent", 0)),
                 "nps": nps(answers),
                 "avg_customer_value": month_buys["value"].sum() / buyers

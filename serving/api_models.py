@@ -32,7 +32,7 @@ _EXAMPLE_REASON = {
     "typical": 6.0,
     "contribution": 0.82,
     "direction": "raises",
-    "text": "days since the last email open: 45 (typical customer: 6); raises the churn risk",
+    "text": "hasn't opened an e-mail in 45 days (typical customer: 6 days); raises the churn risk",
 }
 
 
@@ -175,8 +175,10 @@ class _Scores(_Response):
         default=None,
         description=(
             "Top-k reasons of the deciding model (churn for a customer, appetence for a "
-            "prospect), largest |contribution| first. Null unless `explain` is true; an "
-            "empty list for an unknown customer."
+            "prospect), largest |contribution| first, among the features a person can act "
+            "on (never the brand's own sending, never a value near the typical one, so a "
+            "contact may get fewer than top_k). Null unless `explain` is true; an empty "
+            "list for an unknown customer."
         ),
         examples=[[_EXAMPLE_REASON]],
     )

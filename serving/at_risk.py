@@ -1,8 +1,16 @@
 """The at-risk list: customers of a scoring run by value at risk, with what to do.
 
 Only customers (the right half) are listed - a prospect has no value at risk - sorted by
-``value_at_risk`` (p_churn x CLV) descending, optionally restricted to one segment.
-Each row carries its top 3 reasons and a suggested action (:func:`suggested_action`).
+``value_at_risk`` (p_churn x CLV) descending, optionally restricted to one segment, one
+stage, or the *still-reachable* customers. Each row carries its top 3 reasons and a
+suggested action (:func:`suggested_action`).
+
+Still reachable: not lapsed yet. A run with a boolean ``lapsed`` column says so itself;
+otherwise a customer in the Lost or At risk segment (no action of their own for
+``segments.at_risk_inactive_days`` days or more) is lapsed: a call cannot save who has
+already gone quiet, a win-back campaign is their channel. The *call list* of a run is its
+still-reachable customers in Exit, by value at risk, up to ``report.capacity``: what the
+retention team calls this week (:func:`call_list`, ``engage at-risk --call-list``).
 """
 
 from __future__ import annotations
@@ -12,11 +20,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
-from serving.runs import RunInfo, read_run
+from serving.runs import RunInfo, find_run, read_run
 from serving.segments import (
     AT_RISK,
     GHOST,
@@ -54,6 +63,7 @@ _SEGMENT_ACTION = {
     (EXIT, LOST): "last-chance win-back offer",
 }
 FORMATS = ("table", "csv", "json")
+LAPSED_SEGMENTS = (LOST, AT_RISK)
 
 
 def suggested_action(stage: str, segment: str) -> str:
@@ -63,8 +73,20 @@ def suggested_action(stage: str, segment: str) -> str:
     return _SEGMENT_ACTION.get((stage, segment)) or _STAGE_ACTION.get(stage, "review manually")
 
 
+def lapsed(runs: pd.DataFrame) -> np.ndarray:
+    """Which rows of a run are lapsed: its ``lapsed`` flag, else a Lost / At risk segment."""
+    if "lapsed" in runs.columns:
+        return runs["lapsed"].fillna(False).to_numpy(dtype=bool)
+    return runs["segment"].isin(LAPSED_SEGMENTS).to_numpy()
+
+
 def at_risk_list(
-    paths: Paths, top: int = 20, segment: str | None = None, run_id: str | None = None
+    paths: Paths,
+    top: int = 20,
+    segment: str | None = None,
+    run_id: str | None = None,
+    reachable: bool = False,
+    stage: str | None = None,
 ) -> tuple[RunInfo, pd.DataFrame]:
     """The ``top`` customers by value at risk of a scoring run.
 
@@ -73,6 +95,8 @@ def at_risk_list(
         top: number of rows.
         segment: keep only this segment (case and "-"/"_" for spaces do not matter).
         run_id: the scoring run (default: the latest).
+        reachable: keep only the still-reachable customers (not lapsed).
+        stage: keep only this stage (Retention or Exit).
 
     Returns:
         The run and a frame with ``customer_id``, ``p_churn``, ``stage``, ``segment``,
@@ -80,22 +104,31 @@ def at_risk_list(
         ``action``.
 
     Raises:
-        ValueError: unknown segment (the message lists the valid ones) or top < 1.
+        ValueError: unknown segment or stage (the message lists the valid ones) or
+            top < 1.
         LookupError: no scoring run, or an unknown run id.
 
     """
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     wanted = normalise_segment(segment) if segment is not None else None
+    if stage is not None and stage not in (RETENTION, EXIT):
+        raise ValueError(f"stage must be {RETENTION} or {EXIT} (customers), got {stage!r}")
     columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
-    info, runs = read_run(paths, run_id, columns=[*columns, "value_at_risk"])
+    info = find_run(paths, run_id)
+    extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
+    _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
     keep = runs["has_purchased"] == 1
     if wanted is not None:
         keep &= runs["segment"] == wanted
+    if stage is not None:
+        keep &= runs["stage"] == stage
+    if reachable:
+        keep &= ~lapsed(runs)
     picked = runs.loc[keep].nlargest(top, "value_at_risk", keep="first")
     # Read the reasons only for the rows shown: at 1M contacts they dominate the file.
-    reasons = _reasons_of(info, picked.index.to_numpy())
-    out = picked.drop(columns="has_purchased").reset_index(drop=True)
+    reasons = reasons_of(info, picked.index.to_numpy())
+    out = picked.drop(columns=["has_purchased", *extra]).reset_index(drop=True)
     out["reasons"] = reasons
     out["action"] = [
         suggested_action(st, sg) for st, sg in zip(out["stage"], out["segment"], strict=True)
@@ -103,9 +136,18 @@ def at_risk_list(
     return info, out
 
 
-def _reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
-    import pyarrow.parquet as pq
+def call_list(
+    paths: Paths, capacity: int, run_id: str | None = None
+) -> tuple[RunInfo, pd.DataFrame]:
+    """The customers to call: still reachable, in Exit, by value at risk, ``capacity`` at most.
 
+    The same list as ``engage at-risk --reachable --stage Exit --top CAPACITY``.
+    """
+    return at_risk_list(paths, top=capacity, run_id=run_id, reachable=True, stage=EXIT)
+
+
+def reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
+    """The reason sentences (up to 3) of the given row positions of a stored run."""
     out: list[list[str]] = [[] for _ in rows]
     if len(rows) == 0:
         return out

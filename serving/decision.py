@@ -9,7 +9,11 @@ fixed column order: every model's features, then what the segment and value rule
 Per model of :data:`engage.specs.MODEL_SPECS`: its calibrated probability for every
 contact or only for its own half, then the engagement index (:mod:`serving.index`), the
 lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`)
-and, on request, the top-k reasons of the model that decides each contact's stage.
+and, on request, the top-k reasons of the model that decides each contact's stage. Given
+each contact's stage in the previous scoring run, the stability rule
+(:func:`serving.index.stabilise`: hysteresis, minimum dwell) decides the stage instead of
+the plain thresholds; batch scoring reads that stage from the previous run, online
+prediction from the batch run before its features, so both apply the same rule.
 Everything is numpy: no frame is built, which is most of the cost of one contact.
 """
 
@@ -23,7 +27,7 @@ from engage.config import Params
 from engage.specs import MODEL_SPECS
 from serving.champions import Champions
 from serving.explain import Explainer, Reasons
-from serving.index import index_arrays
+from serving.index import dial_in_quadrant, index_arrays, stabilise
 from serving.segments import REQUIRED as SEGMENT_COLUMNS
 from serving.segments import segment_codes
 from serving.value import REQUIRED as VALUE_COLUMNS
@@ -76,6 +80,8 @@ class Decisions:
         value_at_risk: p_churn x CLV (0 for prospects).
         reasons: per model, the rows it explains (indices) and their reasons; None when
             no reasons were asked for.
+        stage_runs: consecutive scoring runs spent in ``stage``, this one included (1
+            when the stage was just entered or no previous stage was given).
 
     """
 
@@ -88,6 +94,7 @@ class Decisions:
     clv: np.ndarray
     value_at_risk: np.ndarray
     reasons: dict[str, tuple[np.ndarray, Reasons]] | None
+    stage_runs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.has_purchased)
@@ -100,6 +107,8 @@ def decide(
     params: Params,
     explainers: dict[str, Explainer] | None = None,
     top_k: int = 0,
+    previous_stage: np.ndarray | None = None,
+    previous_runs: np.ndarray | None = None,
 ) -> Decisions:
     """Decide every score of each row of ``X``.
 
@@ -111,10 +120,15 @@ def decide(
         explainers: per-model explainers; reasons are computed only with these and
             ``top_k > 0``.
         top_k: reasons per row.
+        previous_stage: each row's stage code (index into :data:`serving.index.STAGES`)
+            in the previous scoring run, -1 when unknown; None applies the plain
+            thresholds to every row.
+        previous_runs: runs spent in that previous stage (0 = unknown).
 
     Raises:
         DecisionInputError: ``has_purchased`` is not 0 or 1 in some row.
-        ValueError: a probability outside [0, 1] (a broken model).
+        ValueError: a probability outside [0, 1] (a broken model), or previous stages
+            that do not match the rows.
 
     """
     n = X.shape[0]
@@ -139,6 +153,18 @@ def decide(
         probabilities["p_churn"],
         params.index,
     )
+    stage_runs = np.ones(n, dtype="int32")
+    if previous_stage is not None:
+        stage, stage_runs = stabilise(
+            stage,
+            customer,
+            probabilities["p_purchase"],
+            probabilities["p_churn"],
+            params.index,
+            previous_stage,
+            previous_runs,
+        )
+        dial = dial_in_quadrant(stage, dial)
     column = layout.column(X)
     clv, at_risk = value_arrays(column, probabilities["p_churn"], params.value)
     reasons = None
@@ -160,4 +186,5 @@ def decide(
         clv=clv,
         value_at_risk=at_risk,
         reasons=reasons,
+        stage_runs=stage_runs,
     )

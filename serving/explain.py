@@ -2,15 +2,20 @@
 
 A contact's stage is decided by one model: the appetence model for a prospect (Nurture
 or Purchase), the churn model for a customer (Retention or Exit). Its reasons are the
-``k`` features with the largest absolute TreeSHAP contribution to that model's margin,
-each with:
+``k`` features with the largest absolute TreeSHAP contribution to that model's margin
+among those a person can act on (:func:`serving.sentences.reason_eligible`: not the
+brand's own sending such as e-mails sent, not a value within
+``scoring.reason_typical_tolerance`` of the typical one, not a zero contribution), each
+with:
 
 - ``feature``, its ``value`` for the contact and the ``typical`` value (median of the
   feature over the scored population of the same half, or another reference);
 - ``contribution`` in log-odds; ``direction``: ``raises`` or ``lowers`` the stage
   probability (churn risk for a customer, purchase readiness for a prospect);
-- ``text``, e.g. "days since the last email open: 45 (typical customer: 6); raises the
-  churn risk" (the typical clause is left out when there is no typical value).
+- ``text``, a sentence from :mod:`serving.sentences`, e.g. "hasn't opened an e-mail in
+  45 days (typical customer: 6 days); raises the churn risk".
+
+A row with fewer than ``k`` eligible features has fewer reasons.
 
 The numeric part is vectorised over all rows (``np.argpartition``); sentences are built
 only when asked for (:meth:`Reasons.records`, :meth:`Reasons.to_arrow`).
@@ -49,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from engage.config import Params
-from features.catalog import feature_specs
+from serving.sentences import Phrase, phrases, reason_eligible
 from training.model import EngageModel
 
 # Model -> (who its population is, what its probability means), for the sentences.
@@ -279,12 +284,14 @@ def _flatten(leaves: list[tuple[float, list[tuple], list[int], list[float]]]) ->
     )
 
 
-def top_k_indices(contrib: np.ndarray, k: int) -> np.ndarray:
+def top_k_indices(contrib: np.ndarray, k: int, signed: bool = False) -> np.ndarray:
     """Column indices of the ``k`` largest ``|contrib|`` of each row, largest first.
 
     Args:
         contrib: contributions, rows x features.
         k: reasons per row (capped at the number of features).
+        signed: rank ``contrib`` as given instead of its absolute value (a caller that
+            has already turned contributions into sizes, with -1 for excluded ones).
 
     Returns:
         An int array of shape (rows, min(k, features)).
@@ -294,7 +301,7 @@ def top_k_indices(contrib: np.ndarray, k: int) -> np.ndarray:
     k = max(min(k, f), 0)
     if k == 0 or n == 0:
         return np.empty((n, k), dtype=np.int64)
-    size = np.abs(contrib)
+    size = contrib if signed else np.abs(contrib)
     if k < f:
         # O(features) per row instead of a full sort; only the k survivors get sorted.
         part = np.argpartition(-size, k - 1, axis=1)[:, :k]
@@ -302,18 +309,6 @@ def top_k_indices(contrib: np.ndarray, k: int) -> np.ndarray:
         part = np.broadcast_to(np.arange(f), (n, f)).copy()
     order = np.argsort(-np.take_along_axis(size, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
-
-
-def format_value(name: str, value: float) -> str:
-    """A feature value for a sentence: compact numbers, "never" for a missing recency."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "never" if name.startswith("days_since_") else "n/a"
-    v = float(value)
-    if v == round(v) or abs(v) >= 100:
-        return f"{v:,.0f}"
-    if abs(v) >= 10:
-        return f"{v:,.1f}"
-    return f"{v:.2f}"
 
 
 def typical_values(reference: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -331,9 +326,11 @@ class Reasons:
         contributions: the SHAP contribution (log-odds).
         names: the model's feature names.
         typical: the typical value of every model feature.
-        descriptions: plain-language description of every model feature.
+        phrases: the sentence builder of every model feature (:mod:`serving.sentences`).
         who: the population ("customer" or "prospect").
         target: what the probability means ("churn risk", "purchase readiness").
+        valid: which of the k slots hold a reason (rows x k); a row with fewer eligible
+            features than k has fewer reasons. None: every slot.
 
     """
 
@@ -342,9 +339,10 @@ class Reasons:
     contributions: np.ndarray
     names: list[str]
     typical: np.ndarray
-    descriptions: list[str]
+    phrases: list[Phrase]
     who: str
     target: str
+    valid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -353,20 +351,20 @@ class Reasons:
     def k(self) -> int:
         return self.features.shape[1]
 
+    def _valid(self) -> np.ndarray:
+        return np.ones(self.features.shape, dtype=bool) if self.valid is None else self.valid
+
     def _texts(self, flat_idx: np.ndarray, flat_val: np.ndarray, flat_con: np.ndarray) -> list:
-        # Per-feature prefixes and typical strings are built once, not per row.
-        head = [f"{d}: " for d in self.descriptions]
-        # Without a typical value (no reference, or nobody has one) the clause is left out.
-        tail = [
-            "; " if np.isnan(t) else f" (typical {self.who}: {format_value(n, t)}); "
-            for n, t in zip(self.names, self.typical, strict=True)
-        ]
-        raises, lowers = f"raises the {self.target}", f"lowers the {self.target}"
-        names = self.names
-        return [
-            head[j] + format_value(names[j], v) + tail[j] + (raises if c > 0 else lowers)
-            for j, v, c in zip(flat_idx.tolist(), flat_val.tolist(), flat_con.tolist(), strict=True)
-        ]
+        # Worded per feature, each distinct shown value once (serving/sentences.py).
+        out = np.empty(len(flat_idx), dtype=object)
+        raises = flat_con > 0
+        # Group the positions by feature once (a sort), not one scan per feature.
+        order = np.argsort(flat_idx, kind="stable")
+        features, starts = np.unique(flat_idx[order], return_index=True)
+        for j, lo, hi in zip(features, starts, [*starts[1:], len(order)], strict=True):
+            at = order[lo:hi]
+            out[at] = self.phrases[int(j)].texts(flat_val[at], raises[at], self.target)
+        return out.tolist()
 
     def records(self, rows: slice | list[int] | np.ndarray | None = None) -> list[list[dict]]:
         """Reasons as Python dicts (one list per row), sentences included.
@@ -376,21 +374,22 @@ class Reasons:
 
         """
         sel = np.arange(len(self)) if rows is None else np.arange(len(self))[rows]
-        idx, val = self.features[sel], self.values[sel]
-        con = self.contributions[sel]
-        texts = self._texts(idx.ravel(), val.ravel(), con.ravel())
+        keep = self._valid()[sel]
+        idx, val = self.features[sel][keep], self.values[sel][keep]
+        con = self.contributions[sel][keep]
+        texts = self._texts(idx, val, con)
         out, t = [], 0
         for r in range(len(sel)):
             row = []
-            for c in range(self.k):
-                j, v = int(idx[r, c]), float(val[r, c])
+            for _ in range(int(keep[r].sum())):
+                j, v, c = int(idx[t]), float(val[t]), float(con[t])
                 row.append(
                     {
                         "feature": self.names[j],
                         "value": None if math.isnan(v) else v,
                         "typical": _none_if_nan(float(self.typical[j])),
-                        "contribution": float(con[r, c]),
-                        "direction": "raises" if con[r, c] > 0 else "lowers",
+                        "contribution": c,
+                        "direction": "raises" if c > 0 else "lowers",
                         "text": texts[t],
                     }
                 )
@@ -400,8 +399,9 @@ class Reasons:
 
     def to_arrow(self) -> pa.ListArray:
         """All rows as an Arrow ``list<struct>`` column (see :data:`REASON_TYPE`)."""
-        n, k = self.features.shape
-        idx, val, con = (a.ravel() for a in (self.features, self.values, self.contributions))
+        n = len(self)
+        keep = self._valid()
+        idx, val, con = self.features[keep], self.values[keep], self.contributions[keep]
         names = np.asarray(self.names, dtype=object)
         struct = pa.StructArray.from_arrays(
             [
@@ -414,8 +414,9 @@ class Reasons:
             ],
             fields=list(REASON_TYPE),
         )
-        offsets = pa.array(np.arange(n + 1, dtype=np.int64) * k, type=pa.int32())
-        return pa.ListArray.from_arrays(offsets, struct)
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(keep.sum(axis=1), out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), struct)
 
 
 def _none_if_nan(v: float) -> float | None:
@@ -444,11 +445,12 @@ class Explainer:
         fast: bool = True,
     ) -> None:
         self.model = model
-        described = {s.name: s.description for s in feature_specs(params)}
         self.names = list(model.features)
-        self.descriptions = [described.get(n, n.replace("_", " ")) for n in self.names]
         self.typical = np.array([typical.get(n, np.nan) for n in self.names], dtype="float64")
         self.who, self.target = wording or WORDING.get(model.name, ("contact", "probability"))
+        self.phrases = phrases(self.names, self.typical, self.who, params)
+        self.passive = np.array([p.passive for p in self.phrases], dtype=bool)
+        self.tolerance = float(params.scoring.reason_typical_tolerance)
         self.tree_shap = TreeShap.compile(model.booster) if fast else None
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
@@ -484,14 +486,18 @@ class Explainer:
                 contrib = self.tree_shap.contributions(x)
             else:
                 contrib = self.model.contributions(pd.DataFrame(x, columns=self.names))[0]
-        idx = top_k_indices(contrib, k)
+        eligible = reason_eligible(x, self.typical, self.passive, self.tolerance)
+        # Ineligible features and zero contributions rank below every eligible one.
+        size = np.where(eligible & (contrib != 0), np.abs(contrib), -1.0)
+        idx = top_k_indices(size, k, signed=True)
         return Reasons(
             features=idx,
             values=np.take_along_axis(x, idx, axis=1),
             contributions=np.take_along_axis(contrib, idx, axis=1),
             names=self.names,
             typical=self.typical,
-            descriptions=self.descriptions,
+            phrases=self.phrases,
             who=self.who,
             target=self.target,
+            valid=np.take_along_axis(size, idx, axis=1) >= 0,
         )

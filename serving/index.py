@@ -172,3 +172,90 @@ def engagement_index(
     code, score, dial = index_arrays(has_purchased, p_purchase, p_churn, params)
     stage = pd.Categorical.from_codes(code, categories=list(STAGES))
     return pd.DataFrame({"stage": stage, "engagement_score": score, "dial_position": dial})
+
+
+UNKNOWN = -1  # previous stage code of a contact absent from the previous run
+
+
+def stabilise(
+    code: np.ndarray,
+    has_purchased: np.ndarray,
+    p_purchase: np.ndarray,
+    p_churn: np.ndarray,
+    params: IndexParams,
+    previous: np.ndarray,
+    previous_runs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the stability rule against each contact's previous stage.
+
+    Within its half a contact keeps its previous stage unless the deciding probability
+    crosses the threshold by the margin h = ``index.hysteresis``: from the lower stage
+    (Nurture, Retention) it moves up only when ``p >= tau + h``; from the upper stage
+    (Purchase, Exit) it moves down only when ``p < tau - h`` (both bounds clipped to
+    [0, 1]; h = 0 is the plain threshold rule). Then, with ``index.min_dwell_runs`` = m
+    > 1, a contact that has spent fewer than m runs in its previous stage stays there.
+    A contact with no previous stage (new, or no previous run) or whose half changed (a
+    first purchase is a fact, not noise) gets the plain stage of :func:`index_arrays`.
+
+    Args:
+        code: the plain stage codes (index into :data:`STAGES`) from :func:`index_arrays`.
+        has_purchased: 1 for a customer, 0 for a prospect.
+        p_purchase: the deciding probability of prospects.
+        p_churn: the deciding probability of customers.
+        params: ``index`` section (thresholds, hysteresis, minimum dwell).
+        previous: each contact's stage code in the previous run, :data:`UNKNOWN` (-1) if
+            absent.
+        previous_runs: consecutive runs the contact had spent in that stage, up to and
+            including the previous run (0 = unknown: the dwell rule does not hold it).
+
+    Returns:
+        The stage codes after the rule, and the consecutive runs spent in that stage up to
+        and including this one (1 for a stage just entered).
+
+    Raises:
+        ValueError: inputs of different lengths, or a previous code outside -1..3.
+
+    """
+    code = np.asarray(code, dtype="int8")
+    n = len(code)
+    prev = np.asarray(previous, dtype="int64").reshape(-1)
+    runs = np.zeros(n, dtype="int64") if previous_runs is None else np.asarray(previous_runs)
+    runs = runs.astype("int64").reshape(-1)
+    if len(prev) != n or len(runs) != n:
+        raise ValueError(
+            f"lengths differ: stages {n}, previous stages {len(prev)}, previous runs {len(runs)}"
+        )
+    bad = (prev < UNKNOWN) | (prev >= len(STAGES))
+    if bad.any():
+        raise ValueError(f"previous stage: {int(bad.sum())} row(s) not a stage code (-1..3)")
+    customer = np.asarray(has_purchased).reshape(-1) == 1
+    lower = np.where(customer, 2, 0)
+    prob = np.where(customer, p_churn, p_purchase)
+    tau = np.where(customer, float(params.tau_churn), float(params.tau_purchase))
+    h = float(params.hysteresis)
+    # Only a known previous stage of the same half anchors the contact.
+    anchored = (prev >= 0) & ((prev >= 2) == customer)
+    was_upper = prev == lower + 1
+    with np.errstate(invalid="ignore"):
+        up = prob >= np.minimum(tau + h, 1.0)
+        stay_up = ~(prob < np.maximum(tau - h, 0.0))
+    sticky = np.where(was_upper, stay_up, up)
+    out = np.where(anchored, lower + sticky, code).astype("int8")
+    if params.min_dwell_runs > 1:
+        held = anchored & (out != prev) & (runs > 0) & (runs < params.min_dwell_runs)
+        out = np.where(held, prev, out).astype("int8")
+    same = anchored & (out == prev)
+    stage_runs = np.where(same, np.maximum(runs, 0) + 1, 1)
+    # A count of 0 (unknown) that stays becomes 1: the run is at least its own.
+    return out, np.minimum(stage_runs, np.iinfo("int32").max).astype("int32")
+
+
+def dial_in_quadrant(code: np.ndarray, dial: np.ndarray) -> np.ndarray:
+    """Clip each dial position to the quadrant of its stage.
+
+    A contact held in its stage by :func:`stabilise` has a probability on the other side
+    of the threshold; its dial then sits on the edge of its own quadrant (25, 50 or 75)
+    rather than in the neighbouring one.
+    """
+    code = np.asarray(code, dtype="int64")
+    return np.clip(dial, 25.0 * code, 25.0 * (code + 1))

@@ -10,6 +10,13 @@ function batch scoring (``engage score``) calls too, with the explainers of
 a contact scored online and in the latest batch run gets the same probabilities, stage
 and reasons by construction. It does not import the batch scorer.
 
+A contact looked up by id also gets the stability rule of the index: its previous stage
+is its stage in the latest batch run *before* the online features' snapshot (the run batch
+scoring of that snapshot compares with), so online and batch agree on the stage too. The
+runs are re-read when the scores folder changes (a new batch run), checked with one
+``stat`` per request. Rows sent as features (``/predict_features``) carry no contact id,
+so they get the plain thresholds.
+
 The hot path avoids per-request overhead that does not change the numbers: the Feast
 feature services are resolved once (``FeatureStore.get_feature_service`` re-reads the
 registry on every call), the online response is read with ``to_dict`` (``to_df`` costs
@@ -20,6 +27,7 @@ order of each model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +42,7 @@ from serving.champions import Champions, load_champions, make_explainers, typica
 from serving.decision import HALF, DecisionInputError, Layout, decide
 from serving.explain import Explainer
 from serving.index import NURTURE, STAGES
+from serving.runs import PreviousStages, previous_stages
 from serving.segments import NEW, SEGMENTS
 
 # Fixed reference time of the stale-feature flag (ISO-8601); the clock when unset.
@@ -158,6 +167,23 @@ class OnlinePredictor:
         self._half = self._col[HALF]
         self._features = self._resolve_services()
         self._direct = self._direct_plan()
+        self._previous: PreviousStages | None = None
+        self._previous_key: tuple | None = None
+
+    # --------------------------------------------------------------- previous stages
+
+    def previous(self) -> PreviousStages:
+        """The stages of the latest batch run before the online snapshot (re-read on change)."""
+        folder = self.paths.scores_dir
+        try:
+            st = os.stat(folder)
+            key = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            key = None
+        if self._previous is None or key != self._previous_key:
+            self._previous = previous_stages(self.paths, self.snapshot_as_of)
+            self._previous_key = key
+        return self._previous
 
     def _resolve_services(self):
         """What to ask Feast for: the champions' feature service, or the union of theirs.
@@ -252,13 +278,23 @@ class OnlinePredictor:
 
     # ------------------------------------------------------------------------ scoring
 
-    def score_matrix(self, X: np.ndarray, explain: bool = False, top_k: int = 3) -> Scored:
+    def score_matrix(
+        self,
+        X: np.ndarray,
+        explain: bool = False,
+        top_k: int = 3,
+        previous_stage: np.ndarray | None = None,
+        previous_runs: np.ndarray | None = None,
+    ) -> Scored:
         """Score rows of features (every row must be a known contact).
 
         Args:
             X: rows x :attr:`inputs`, float64 (NaN = not observed).
             explain: also compute the top-k reasons of the deciding model.
             top_k: reasons per row.
+            previous_stage: each row's stage code in the previous run (-1 unknown); None
+                applies the plain thresholds.
+            previous_runs: runs spent in that stage (0 unknown).
 
         Raises:
             RequestError: ``has_purchased`` is not 0 or 1 in some row.
@@ -272,6 +308,8 @@ class OnlinePredictor:
                 self.params,
                 self.explainers,
                 top_k if explain else 0,
+                previous_stage=previous_stage,
+                previous_runs=previous_runs,
             )
         except DecisionInputError as err:
             raise RequestError(str(err)) from None
@@ -323,7 +361,14 @@ class OnlinePredictor:
         if not known.any():
             return out
         rows = np.flatnonzero(known)
-        scored = self.score_matrix(X[rows] if len(rows) < n else X, explain, top_k)
+        before, before_runs = self.previous().lookup([str(customer_ids[i]) for i in rows])
+        scored = self.score_matrix(
+            X[rows] if len(rows) < n else X,
+            explain,
+            top_k,
+            previous_stage=before,
+            previous_runs=before_runs,
+        )
         for name in (
             "p_purchase",
             "p_churn",

@@ -5,6 +5,10 @@ time, scoring time, model versions, ...), run ids (they become file names, so th
 checked), and the atomic writer: rows stream to a hidden temporary file named after the
 process, renamed to the final name only when complete, so a killed run never leaves a
 partial table under the final name and two runs never write one temporary file.
+
+It also reads back what the next run needs from a stored one: each contact's stage and
+how many consecutive runs it has spent there (:func:`previous_stages`), the input of the
+stability rule of the engagement index.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +54,8 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("churn_version", pa.string()),
         ("appetence_version", pa.string()),
+        # Consecutive runs spent in `stage`, this one included (the stability rule's memory).
+        ("stage_runs", pa.int32()),
     ]
 )
 
@@ -175,3 +182,76 @@ def read_run(
     """Load a stored run (default: the latest) as a frame."""
     info = find_run(paths, run_id)
     return info, pd.read_parquet(info.path, columns=columns)
+
+
+def previous_run(paths: Paths, before: pd.Timestamp) -> RunInfo | None:
+    """The latest stored run whose as-of time is strictly before ``before``, or None.
+
+    Rescoring a snapshot (same as-of time) therefore compares with the run before it,
+    never with itself, and batch and online prediction on the same features find the
+    same previous run.
+    """
+    t = to_utc(before)
+    earlier = [r for r in list_runs(paths) if r.as_of < t]
+    return earlier[-1] if earlier else None
+
+
+@dataclass
+class PreviousStages:
+    """Each contact's stage in a stored run, for the stability rule.
+
+    Attributes:
+        run: the run they come from (None: no previous run, every contact unknown).
+        ids: the contacts of that run.
+        codes: their stage codes (index into :data:`serving.index.STAGES`).
+        runs: consecutive runs spent in that stage (0 when the run predates the count).
+
+    """
+
+    run: RunInfo | None
+    ids: pd.Index
+    codes: np.ndarray
+    runs: np.ndarray
+
+    def lookup(self, customer_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Stage codes (-1 = not in the run) and runs in stage (0 = unknown) of ``customer_ids``."""
+        ids = pd.Index(np.asarray(customer_ids).astype(str))
+        if len(self.ids) == 0:
+            return np.full(len(ids), -1, dtype="int8"), np.zeros(len(ids), dtype="int32")
+        where = self.ids.get_indexer(ids)
+        found = where >= 0
+        codes = np.where(found, self.codes[np.maximum(where, 0)], -1).astype("int8")
+        runs = np.where(found, self.runs[np.maximum(where, 0)], 0).astype("int32")
+        return codes, runs
+
+
+def previous_stages(paths: Paths, before: pd.Timestamp) -> PreviousStages:
+    """The stages of :func:`previous_run` (``before`` the as-of time being decided).
+
+    Raises:
+        ValueError: the run holds a stage name that is not a stage, or a contact twice.
+
+    """
+    from serving.index import STAGES
+
+    info = previous_run(paths, before)
+    if info is None:
+        return PreviousStages(None, pd.Index([], dtype=object), np.zeros(0, "int8"), np.zeros(0))
+    names = pq.read_schema(info.path).names
+    columns = [ENTITY_KEY, "stage", *(["stage_runs"] if "stage_runs" in names else [])]
+    frame = pd.read_parquet(info.path, columns=columns)
+    codes = pd.Categorical(frame["stage"], categories=list(STAGES)).codes
+    unknown = int((codes < 0).sum())
+    if unknown:
+        raise ValueError(f"run {info.run_id}: stage: {unknown} row(s) not one of {list(STAGES)}")
+    ids = pd.Index(frame[ENTITY_KEY].astype(str))
+    if not ids.is_unique:
+        raise ValueError(
+            f"run {info.run_id}: customer_id: {int(ids.duplicated().sum())} duplicated row(s)"
+        )
+    runs = (
+        frame["stage_runs"].fillna(0).to_numpy(dtype="int32")
+        if "stage_runs" in frame
+        else np.zeros(len(frame), dtype="int32")
+    )
+    return PreviousStages(info, ids, codes.astype("int8"), runs)

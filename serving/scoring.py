@@ -8,6 +8,11 @@ module is the Arrow/Parquet adapter around it: it reads the snapshot in batches 
 ``scoring.batch_rows`` (bounded memory at 1M contacts) and streams the rows to a run
 file (:mod:`serving.runs`, atomic: a killed run leaves nothing under the final name).
 
+Each contact's stage in the previous run (the latest stored run before this snapshot,
+read through :func:`serving.runs.previous_stages`) goes into the decision core, which
+applies the stability rule of the index (hysteresis, minimum dwell) and counts the runs
+each contact has spent in its stage (``stage_runs``).
+
 Features are read in bulk from the offline snapshot file, the very rows Feast
 materialises into the online store for the latest snapshot, so batch and online scores
 agree. The default run id is the snapshot date and a hash of what decides the scores
@@ -36,7 +41,8 @@ from serving.champions import Champions, load_champions, make_explainers, typica
 from serving.decision import Decisions, Layout, decide
 from serving.explain import REASON_TYPE, Explainer
 from serving.index import STAGES
-from serving.runs import SCHEMA, check_run_id, run_path, run_writer
+from serving.runs import SCHEMA, check_run_id, previous_stages, run_path, run_writer
+from serving.runs import previous_run as run_before
 from serving.segments import SEGMENTS
 
 Progress = Callable[[int, int], None]
@@ -91,6 +97,9 @@ def to_arrow(
         "run_id": const(run_id),
         "churn_version": const(versions.get("churn", "")),
         "appetence_version": const(versions.get("appetence", "")),
+        "stage_runs": pa.array(
+            np.ones(n, dtype="int32") if d.stage_runs is None else d.stage_runs, pa.int32()
+        ),
     }
     return pa.table(columns, schema=SCHEMA)
 
@@ -141,8 +150,16 @@ def score_frame(
     return score_batch(features, champions, params, explainers).to_pandas()
 
 
-def default_run_id(as_of: pd.Timestamp, versions: dict[str, str], params: Params) -> str:
-    """``<as-of date>-<hash>``: the same snapshot, models and rules give the same id."""
+def default_run_id(
+    as_of: pd.Timestamp,
+    versions: dict[str, str],
+    params: Params,
+    previous_run: str | None = None,
+) -> str:
+    """``<as-of date>-<hash>``: the same snapshot, models, rules and previous run give the same id.
+
+    The previous run counts because the stability rule reads its stages.
+    """
     decided_by = {
         "as_of": to_utc(as_of).isoformat(),
         "versions": versions,
@@ -150,9 +167,23 @@ def default_run_id(as_of: pd.Timestamp, versions: dict[str, str], params: Params
         "segments": params.segments.model_dump(),
         "value": params.value.model_dump(),
         "top_k": params.scoring.top_k_reasons,
+        "reason_tolerance": params.scoring.reason_typical_tolerance,
+        "previous_run": previous_run,
     }
     digest = hashlib.sha1(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:8]
     return f"{to_utc(as_of):%Y%m%d}-{digest}"
+
+
+def planned_run_id(
+    paths: Paths, params: Params, as_of: pd.Timestamp, versions: dict[str, str]
+) -> str:
+    """The default run id :func:`score` gives the snapshot at ``as_of`` with these models.
+
+    It includes the previous stored run (the stability rule reads its stages), so a
+    caller can tell whether that exact run is already stored before scoring.
+    """
+    previous = run_before(paths, to_utc(as_of))
+    return default_run_id(as_of, versions, params, previous.run_id if previous else None)
 
 
 @dataclass
@@ -168,6 +199,7 @@ class ScoreRun:
     seconds: float
     stages: dict[str, int] = field(default_factory=dict)
     segments: dict[str, int] = field(default_factory=dict)
+    previous_run: str | None = None
 
 
 def score(
@@ -205,7 +237,11 @@ def score(
     if run_id is not None:
         check_run_id(run_id)
     champions = champions or load_champions(paths, params)
-    run_id = run_id or default_run_id(snap.as_of, champions.versions, params)
+    # The stability rule compares with the latest run before this snapshot.
+    previous = previous_stages(paths, snap.as_of)
+    run_id = run_id or default_run_id(
+        snap.as_of, champions.versions, params, previous.run.run_id if previous.run else None
+    )
     scored_at = pd.Timestamp.now(tz="UTC")
     explainers = None
     if params.scoring.top_k_reasons > 0:
@@ -228,6 +264,7 @@ def score(
         "top_k_reasons": params.scoring.top_k_reasons,
         # What the models answer (horizon, label rule): the monitor labels the run with it.
         "trained_for": {m: model.trained_for for m, model in champions.models.items()},
+        "previous_run": previous.run.run_id if previous.run else None,
     }
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)
@@ -236,7 +273,17 @@ def score(
         for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
             frame = batch.to_pandas()
             X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
-            d = decide(X, layout, champions, params, explainers, params.scoring.top_k_reasons)
+            before, before_runs = previous.lookup(frame[ENTITY_KEY].to_numpy())
+            d = decide(
+                X,
+                layout,
+                champions,
+                params,
+                explainers,
+                params.scoring.top_k_reasons,
+                previous_stage=before,
+                previous_runs=before_runs,
+            )
             write(
                 to_arrow(
                     d, frame[ENTITY_KEY].to_numpy(), frame[TIMESTAMP], run_id, champions.versions
@@ -257,4 +304,5 @@ def score(
         seconds=time.perf_counter() - start,
         stages=dict(zip(STAGES, stage_counts.tolist(), strict=True)),
         segments=dict(zip(SEGMENTS, segment_counts.tolist(), strict=True)),
+        previous_run=previous.run.run_id if previous.run else None,
     )

@@ -61,6 +61,13 @@ class Transitions:
     entered: int
     left: int
 
+    def into_counts(self) -> dict[str, int]:
+        """Contacts that entered each stage (the ``to_stage`` of each change), dial order."""
+        from serving.index import STAGES
+
+        counts = self.changes["to_stage"].value_counts()
+        return {s: int(counts.get(s, 0)) for s in STAGES}
+
     def matrix(self) -> pd.DataFrame:
         """Counts of changes, from-stage rows x to-stage columns, both in dial order.
 

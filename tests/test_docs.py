@@ -169,7 +169,7 @@ def _value(x: dict, frequency: str, p_churn: float = float("nan")) -> pd.DataFra
             "mean_days_between_purchases": [x.get("mean days between purchases", np.nan)],
         }
     )
-    params = ValueParams(lifespan_years=x["lifespan"], frequency=frequency)
+    params = ValueParams(lifespan_years=x["lifespan"], frequency=frequency, currency="EUR")
     return customer_value(features, np.array([p_churn]), params)
 
 

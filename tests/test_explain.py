@@ -9,7 +9,8 @@ import pytest
 
 import serving.explain as explain
 from engage.config import load_params
-from serving.explain import Explainer, TreeShap, format_value, top_k_indices, typical_values
+from serving.explain import Explainer, TreeShap, top_k_indices, typical_values
+from serving.sentences import phrases, reason_eligible
 from training.fit import fit_calibrator
 from training.model import EngageModel
 
@@ -31,19 +32,171 @@ def test_top_k_edge_cases():
     assert top_k_indices(np.array([[0.1, -5.0, 2.0]]), 2).tolist() == [[1, 2]]
 
 
-@pytest.mark.parametrize(
-    ("name", "value", "text"),
-    [
-        ("email_open_count_30d", 0.0, "0"),
-        ("revenue_365d", 1234.5, "1,234"),
-        ("days_since_last_event", 45.25, "45.2"),
-        ("open_rate_30d", 0.3333, "0.33"),
-        ("days_since_last_purchase", np.nan, "never"),
-        ("open_rate_30d", np.nan, "n/a"),
-    ],
-)
-def test_format_value(name, value, text):
-    assert format_value(name, value) == text
+PARAMS = load_params()
+
+# (feature, contact's value, typical value) -> the sentence, written by hand. Whole days,
+# amounts to the unit with the currency, rates and changes in whole percent, no "n/a".
+SENTENCES = [
+    (
+        "days_since_last_email_open",
+        45.4,
+        6.0,
+        "hasn't opened an e-mail in 45 days (typical customer: 6 days)",
+    ),
+    (
+        "days_since_last_email_open",
+        2.5,
+        6.0,
+        "last opened an e-mail 3 days ago (typical customer: 6 days)",
+    ),
+    ("days_since_last_email_open", np.nan, 6.0, "never opened an e-mail"),
+    (
+        "days_since_last_purchase",
+        38.1,
+        20.0,
+        "hasn't bought in 38 days (typical customer: 20 days)",
+    ),
+    (
+        "days_since_last_event",
+        0.2,
+        5.0,
+        "last active less than a day ago (typical customer: 5 days)",
+    ),
+    (
+        "days_since_last_event",
+        61.0,
+        5.0,
+        "no activity of their own for 61 days (typical customer: 5 days)",
+    ),
+    (
+        "email_open_count_30d",
+        12.0,
+        3.0,
+        "12 e-mails opened in the last 30 days, far more than a typical customer (3)",
+    ),
+    (
+        "email_open_count_30d",
+        1.0,
+        3.0,
+        "1 e-mail opened in the last 30 days, far fewer than a typical customer (3)",
+    ),
+    (
+        "email_open_count_30d",
+        0.0,
+        3.0,
+        "no e-mail opened in the last 30 days (typical customer: 3)",
+    ),
+    (
+        "support_ticket_count_90d",
+        2.0,
+        0.0,
+        "2 support tickets in the last 90 days, when a typical customer has none",
+    ),
+    (
+        "open_rate_30d",
+        0.4567,
+        0.2,
+        "opened 46 % of the e-mails received in the last 30 days (typical customer: 20 %)",
+    ),
+    ("open_rate_30d", np.nan, 0.2, "no e-mail received in the last 30 days"),
+    (
+        "click_to_open_90d",
+        0.125,
+        0.3,
+        "clicked in 13 % of the e-mails opened in the last 90 days (typical customer: 30 %)",
+    ),
+    (
+        "web_visit_value_30d",
+        754.0,
+        1800.0,
+        "13 minutes of website visits in the last 30 days (typical customer: 30 minutes)",
+    ),
+    (
+        "web_visit_value_30d",
+        45.0,
+        1800.0,
+        "45 seconds of website visits in the last 30 days (typical customer: 30 minutes)",
+    ),
+    (
+        "revenue_365d",
+        1234.5,
+        300.0,
+        "1,235 EUR of purchases in the last 365 days (typical customer: 300 EUR)",
+    ),
+    ("avg_order_value", 48.7, 60.0, "average purchase of 49 EUR (typical customer: 60 EUR)"),
+    (
+        "mean_days_between_purchases",
+        30.4,
+        60.0,
+        "one purchase every 30 days on average (typical customer: 60 days)",
+    ),
+    ("mean_days_between_purchases", np.nan, 60.0, "fewer than two purchases so far"),
+    (
+        "email_open_trend_30d",
+        -0.5,
+        0.0,
+        "e-mails opened down 67 % on the 30 days before (typical customer: steady)",
+    ),
+    (
+        "email_open_trend_30d",
+        -1.0,
+        0.0,
+        "no e-mail opened in the last 30 days after some in the 30 days before",
+    ),
+    ("activity_trend_30d", np.nan, 0.0, "no activity in either of the last two 30-day periods"),
+    ("last_nps_response_value", 3.0, 8.0, "last NPS answer: 3 (typical customer: 8)"),
+    ("last_nps_response_value", np.nan, 8.0, "never answered the NPS survey"),
+    ("cart_abandonment_30d", np.nan, 0.7, "no cart add in the last 30 days"),
+    ("tenure_days", 120.2, 200.0, "known for 120 days (typical customer: 200 days)"),
+    ("days_since_first_purchase", np.nan, 300.0, "never bought"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "typical", "text"), SENTENCES)
+def test_reason_sentences(name, value, typical, text):
+    (phrase,) = phrases([name], np.array([typical]), "customer", PARAMS)
+    got = phrase.texts(np.array([value]), np.array([True]), "churn risk")
+    assert got.tolist() == [f"{text}; raises the churn risk"]
+    assert "n/a" not in got[0] and "-1" not in got[0] and "nan" not in got[0]
+
+
+def test_sentences_are_worded_per_distinct_value_and_follow_the_direction():
+    (phrase,) = phrases(["email_open_count_30d"], np.array([3.0]), "prospect", PARAMS)
+    got = phrase.texts(
+        np.array([0.0, 7.0, 0.0]), np.array([True, False, False]), "purchase readiness"
+    )
+    assert got.tolist() == [
+        "no e-mail opened in the last 30 days (typical prospect: 3); raises the purchase readiness",
+        "7 e-mails opened in the last 30 days, far more than a typical prospect (3); "
+        "lowers the purchase readiness",
+        "no e-mail opened in the last 30 days (typical prospect: 3); lowers the purchase readiness",
+    ]
+
+
+def test_a_new_event_type_gets_sentences_without_code():
+    params = load_params(
+        overrides=(
+            "data.event_types=[email_sent, email_open, email_click, "
+            "web_visit, cart_add, purchase, social_interaction, "
+            "support_ticket, nps_response, sales_accepted, app_login]",
+        )
+    )
+    (phrase,) = phrases(["days_since_last_app_login"], np.array([2.0]), "customer", params)
+    assert phrase.fact(9.0) == "hasn't had a app login event in 9 days (typical customer: 2 days)"
+
+
+def test_the_brands_own_sending_and_typical_values_are_never_reasons():
+    names = ["email_sent_count_30d", "email_open_count_30d", "days_since_last_web_visit"]
+    found = phrases(names, np.zeros(3), "customer", PARAMS)
+    assert [p.passive for p in found] == [True, False, False]
+    x = np.array([[9.0, 3.3, np.nan], [9.0, 3.6, 4.0], [9.0, np.nan, np.nan]])
+    typical = np.array([4.0, 3.0, np.nan])
+    got = reason_eligible(x, typical, np.array([True, False, False]), tolerance=0.15)
+    # 3.3 is within 15 % of 3 (typical), 3.6 is not; an unknown typical is never "near"
+    # a known value, but a missing value with a missing typical value says nothing.
+    assert got.tolist() == [[False, False, False], [False, True, True], [False, True, False]]
+    both_missing = reason_eligible(np.array([[np.nan]]), np.array([np.nan]), np.array([False]), 0.1)
+    assert both_missing.tolist() == [[False]]
 
 
 def tiny_churn_model() -> tuple[EngageModel, pd.DataFrame]:
@@ -73,7 +226,7 @@ def tiny_churn_model() -> tuple[EngageModel, pd.DataFrame]:
     return model, X
 
 
-def test_reason_sentences_name_the_feature_value_and_typical_value():
+def test_reason_records_hold_the_numbers_and_the_sentence():
     model, X = tiny_churn_model()
     params = load_params()
     explainer = Explainer(model, params, {"email_open_count_30d": 3.0})
@@ -84,16 +237,25 @@ def test_reason_sentences_name_the_feature_value_and_typical_value():
     assert rec["value"] == 0.0 and rec["typical"] == 3.0
     assert rec["direction"] == "raises" and rec["contribution"] > 0
     assert rec["text"] == (
-        "email open events in the last 30 days: 0 (typical customer: 3); raises the churn risk"
+        "no e-mail opened in the last 30 days (typical customer: 3); raises the churn risk"
     )
     # A feature without a typical value has no typical clause; an engaged row lowers the risk.
     engaged = pd.DataFrame({"days_since_last_event": [1.0], "email_open_count_30d": [5.0]})
     rec = explainer.reasons(engaged, 2).records()[0]
     assert rec[0]["direction"] == "lowers" and rec[0]["text"].endswith("lowers the churn risk")
-    assert rec[1]["text"] == (
-        "days since the contact last did anything (sent e-mails excluded): 1; "
-        f"{rec[1]['direction']} the churn risk"
-    )
+    assert rec[1]["text"] == f"last active 1 day ago; {rec[1]['direction']} the churn risk"
+
+
+def test_a_typical_value_is_skipped_for_the_next_reason():
+    model, _ = tiny_churn_model()
+    explainer = Explainer(model, load_params(), {"email_open_count_30d": 0.0})
+    row = pd.DataFrame({"days_since_last_event": [12.5], "email_open_count_30d": [0.0]})
+    contrib = explainer.contributions(row)
+    assert abs(contrib[0, 0]) > abs(contrib[0, 1])  # opens would come first...
+    (only,) = explainer.reasons(row, 2).records()[0]  # ...but 0 is the typical value
+    assert only["feature"] == "days_since_last_event"
+    arrow = explainer.reasons(row, 2).to_arrow().to_pylist()
+    assert [[r["feature"] for r in row] for row in arrow] == [["days_since_last_event"]]
 
 
 def test_arrow_and_record_forms_agree():
@@ -104,7 +266,10 @@ def test_arrow_and_record_forms_agree():
     reasons = explainer.reasons(X.head(50), 2)
     arrow = reasons.to_arrow().to_pylist()
     assert arrow == reasons.records()
-    assert [len(r) for r in arrow] == [2] * 50
+    # Two reasons, fewer when a candidate sits at its typical value (medians here).
+    x = X.head(50)[explainer.names].to_numpy()
+    near = np.abs(x - explainer.typical) <= 0.15 * np.abs(explainer.typical)
+    assert [len(r) for r in arrow] == (2 - near.sum(axis=1)).tolist()
     # Rows may be picked for lazy sentences.
     assert reasons.records([3, 7]) == [arrow[3], arrow[7]]
 
@@ -213,8 +378,15 @@ def test_contributions_are_additive_and_agree_with_shap(pipeline, name):
     np.testing.assert_allclose(fast, contrib, atol=1e-9, rtol=0)
     assert np.abs(explainer.tree_shap.expected_value + fast.sum(axis=1) - margin).max() < 1e-6
 
-    # The top reasons are the largest |contribution| and keep its sign.
+    # The top reasons are the largest |contribution| among the eligible features (not
+    # the brand's own sending, not a typical value) and keep its sign.
     explained = explainer.reasons(rows, 3)
-    biggest = np.sort(np.abs(contrib), axis=1)[:, ::-1][:, :3]
-    np.testing.assert_allclose(np.abs(explained.contributions), biggest)
+    x = model.frame(rows).to_numpy(dtype="float64")
+    tolerance = pipeline.params.scoring.reason_typical_tolerance
+    ok = reason_eligible(x, explainer.typical, explainer.passive, tolerance) & (contrib != 0)
+    biggest = np.sort(np.where(ok, np.abs(contrib), -1.0), axis=1)[:, ::-1][:, :3]
+    shown = np.where(explained.valid, np.abs(explained.contributions), -1.0)
+    np.testing.assert_allclose(np.maximum(shown, -1.0), np.maximum(biggest, -1.0))
     assert explained.features.shape == (1000, 3)
+    sent = [j for j, n in enumerate(explainer.names) if n.startswith("email_sent_")]
+    assert sent and not np.isin(explained.features[explained.valid], sent).any()

@@ -9,7 +9,7 @@ import pytest
 from engage.config import IndexParams
 from serving.index import STAGES, check_probability, engagement_index
 
-TAU = IndexParams(tau_purchase=0.3, tau_churn=0.5)
+TAU = IndexParams(tau_purchase=0.3, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1)
 EPS = 1e-9
 NAN = float("nan")
 
@@ -58,14 +58,49 @@ def test_stage_score_and_dial_at_and_around_thresholds(inputs, stage, score, dia
     ("params", "inputs", "stage", "dial"),
     [
         # tau = 0: the lower quarter is empty, every contact of the half is in the upper one.
-        (IndexParams(tau_purchase=0.0, tau_churn=0.5), (0, 0.0, NAN), "Purchase", 25.0),
-        (IndexParams(tau_purchase=0.0, tau_churn=0.5), (0, 0.4, NAN), "Purchase", 35.0),
-        (IndexParams(tau_purchase=0.3, tau_churn=0.0), (1, NAN, 0.0), "Exit", 75.0),
+        (
+            IndexParams(tau_purchase=0.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            (0, 0.0, NAN),
+            "Purchase",
+            25.0,
+        ),
+        (
+            IndexParams(tau_purchase=0.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            (0, 0.4, NAN),
+            "Purchase",
+            35.0,
+        ),
+        (
+            IndexParams(tau_purchase=0.3, tau_churn=0.0, hysteresis=0.0, min_dwell_runs=1),
+            (1, NAN, 0.0),
+            "Exit",
+            75.0,
+        ),
         # tau = 1: only p = 1 reaches the upper quarter, at its left edge (no 0 / 0).
-        (IndexParams(tau_purchase=1.0, tau_churn=0.5), (0, 1.0, NAN), "Purchase", 25.0),
-        (IndexParams(tau_purchase=1.0, tau_churn=0.5), (0, 0.5, NAN), "Nurture", 12.5),
-        (IndexParams(tau_purchase=0.3, tau_churn=1.0), (1, NAN, 1.0), "Exit", 75.0),
-        (IndexParams(tau_purchase=0.3, tau_churn=1.0), (1, NAN, 0.6), "Retention", 65.0),
+        (
+            IndexParams(tau_purchase=1.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            (0, 1.0, NAN),
+            "Purchase",
+            25.0,
+        ),
+        (
+            IndexParams(tau_purchase=1.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            (0, 0.5, NAN),
+            "Nurture",
+            12.5,
+        ),
+        (
+            IndexParams(tau_purchase=0.3, tau_churn=1.0, hysteresis=0.0, min_dwell_runs=1),
+            (1, NAN, 1.0),
+            "Exit",
+            75.0,
+        ),
+        (
+            IndexParams(tau_purchase=0.3, tau_churn=1.0, hysteresis=0.0, min_dwell_runs=1),
+            (1, NAN, 0.6),
+            "Retention",
+            65.0,
+        ),
     ],
 )
 def test_extreme_thresholds(params, inputs, stage, dial):
@@ -82,7 +117,7 @@ def test_stage_is_an_ordered_categorical_in_dial_order():
 @pytest.mark.parametrize("tau_p", [0.0, 0.05, 0.3, 0.5, 0.99, 1.0])
 @pytest.mark.parametrize("tau_c", [0.0, 0.2, 0.5, 0.95, 1.0])
 def test_dial_is_monotone_within_a_half_and_stays_in_its_quarters(tau_p, tau_c):
-    params = IndexParams(tau_purchase=tau_p, tau_churn=tau_c)
+    params = IndexParams(tau_purchase=tau_p, tau_churn=tau_c, hysteresis=0.0, min_dwell_runs=1)
     grid = np.unique(np.concatenate([np.linspace(0, 1, 2001), [tau_p, tau_c]]))
     n = len(grid)
     prospects = engagement_index(np.zeros(n), grid, np.full(n, NAN), params)

@@ -13,8 +13,8 @@ from features.catalog import ENTITY_KEY
 from features.snapshots import list_snapshots, pick_snapshot
 from serving.at_risk import at_risk_list, suggested_action, to_csv, to_json
 from serving.champions import load_champions
-from serving.index import engagement_index
-from serving.runs import check_run_id, list_runs, read_run
+from serving.index import STAGES, dial_in_quadrant, engagement_index, stabilise
+from serving.runs import check_run_id, list_runs, previous_stages, read_run
 from serving.scoring import score
 from serving.segments import SEGMENTS, assign_segments
 
@@ -48,12 +48,24 @@ def test_every_contact_of_the_latest_snapshot_is_scored(pipeline, champions, lat
     assert scores.loc[customer, "p_churn"].notna().all()
     assert scores.loc[~customer, "p_churn"].isna().all()
     np.testing.assert_allclose(scores["p_purchase"], champions["appetence"].predict_proba(features))
-    # Stage, score and dial are the index functions; segments the segment rules.
+    # Stage, score and dial are the index functions with the stability rule against the
+    # previous run; segments the segment rules.
     index = engagement_index(
         customer, scores["p_purchase"], scores["p_churn"], pipeline.params.index
     )
-    assert scores["stage"].tolist() == index["stage"].astype(str).tolist()
-    np.testing.assert_allclose(scores["dial_position"], index["dial_position"])
+    previous = previous_stages(pipeline.paths, snap.as_of)
+    assert latest.previous_run == (previous.run.run_id if previous.run else None)
+    before, before_runs = previous.lookup(scores[ENTITY_KEY])
+    plain = pd.Categorical(index["stage"], categories=list(STAGES)).codes
+    stage, runs = stabilise(
+        plain, customer, scores["p_purchase"], scores["p_churn"], pipeline.params.index,
+        before, before_runs,
+    )  # fmt: skip
+    assert scores["stage"].tolist() == [STAGES[c] for c in stage]
+    assert scores["stage_runs"].tolist() == runs.tolist()
+    np.testing.assert_allclose(
+        scores["dial_position"], dial_in_quadrant(stage, index["dial_position"].to_numpy())
+    )
     segments = assign_segments(features, pipeline.params.segments).astype(str)
     assert scores["segment"].tolist() == list(segments)
     assert sum(latest.stages.values()) == sum(latest.segments.values()) == len(scores)

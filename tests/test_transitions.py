@@ -48,6 +48,7 @@ def write_run(paths: Paths, run_id: str, as_of: pd.Timestamp, stages: dict[str, 
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,
             "appetence_version": ["1"] * n,
+            "stage_runs": pa.array(np.ones(n, dtype="int32")),
         },
         schema=SCHEMA,
     )
@@ -212,3 +213,28 @@ def test_cli_transitions_posts_once(runs, monkeypatch):
         )
         assert out.exit_code == 0 and "3 stage change(s)" in out.output
     assert len(hook.bodies) == 1
+
+
+def test_call_list_is_reachable_customers_in_exit(runs, monkeypatch):
+    """``at-risk --call-list``: customers in Exit not lapsed, capped by --top and capacity."""
+    from cli.main import app
+    from serving.at_risk import at_risk_list, call_list
+
+    write_run(runs, "w4", T0 + 3 * WEEK, {"B": "Exit", "C": "Exit", "F": "Retention"})
+    # C has lapsed: the run says so itself (a `lapsed` column wins over the segment).
+    path = runs.scores_dir / "run=w4.parquet"
+    table = pq.read_table(path)
+    table = table.append_column("lapsed", pa.array([False, True, False]))
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    _, calls = call_list(runs, capacity=10)
+    assert calls["customer_id"].tolist() == ["B"]
+    _, everyone = at_risk_list(runs, top=10)
+    assert sorted(everyone["customer_id"]) == ["B", "C", "F"]
+    with pytest.raises(ValueError, match="stage must be Retention or Exit"):
+        at_risk_list(runs, stage="Purchase")
+    monkeypatch.setenv("ENGAGE_DATA_DIR", str(runs.data_dir))
+    out = CliRunner().invoke(app, ["at-risk", "--call-list", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    assert [c["customer_id"] for c in json.loads(out.output)["contacts"]] == ["B"]
+    out = CliRunner().invoke(app, ["transitions", "--no-post"])
+    assert "entered: Nurture 0, Purchase 0, Retention 0, Exit 1" in out.output  # C: w3 -> w4
