@@ -164,6 +164,8 @@ def parse_cut(text: str, origin: pd.Timestamp) -> pd.Timestamp:
     if m:
         return to_utc(origin) + int(m.group(1)) * WEEK
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?", t):
+            raise ValueError(t)
         cut = to_utc(t)
     except (ValueError, TypeError):
         raise BacktestError(
@@ -321,7 +323,8 @@ class FullLog:
     source: dict[str, Any]
 
 
-def _log_facts(name: str, folder: Path, origin: pd.Timestamp, source: dict[str, Any]) -> FullLog:
+def describe_log(name: str, folder: Path, origin: pd.Timestamp, source: dict[str, Any]) -> FullLog:
+    """The :class:`FullLog` of the ``events.parquet`` and ``customers.parquet`` in ``folder``."""
     from training.labels import observed_until
 
     events, customers = folder / "events.parquet", folder / "customers.parquet"
@@ -370,7 +373,7 @@ def prepare_cdnow(folder: Path, customers: int | None, seed: int) -> FullLog:
         write_events(events, folder / "events.parquet")
         write_customers(custs, folder / "customers.parquet")
         (folder / "source.json").write_text(json.dumps(source))
-    return _log_facts("cdnow", folder, pd.Timestamp("1997-01-01", tz="UTC"), source)
+    return describe_log("cdnow", folder, pd.Timestamp("1997-01-01", tz="UTC"), source)
 
 
 def prepare_demo(folder: Path, params: Params, customers: int | None, seed: int | None) -> FullLog:
@@ -399,7 +402,7 @@ def prepare_demo(folder: Path, params: Params, customers: int | None, seed: int 
             seed=seed,
         )
         (folder / "source.json").write_text(json.dumps(source))
-    return _log_facts("demo", folder, pd.Timestamp(sim.start, tz="UTC"), source)
+    return describe_log("demo", folder, pd.Timestamp(sim.start, tz="UTC"), source)
 
 
 # ------------------------------------------------------------------- one cell: pipeline
@@ -1362,8 +1365,8 @@ def run_backtest(
         results[cell] = _jsonable(doc)
         say(Event("done", cell, doc["status"]))
 
-    for cell, run in stored.items():
-        judge(cell, run)
+    for cell in sorted(stored):
+        judge(cell, stored[cell])
     # Pipelines (subprocesses) run in worker threads; the evaluation, which loads MLflow
     # and Feast state that is global to a process, runs here, one cell at a time.
     with ThreadPoolExecutor(max_workers=jobs) as pool:
