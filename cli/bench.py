@@ -248,7 +248,9 @@ def backtest_command(
     table = Table(title=f"backtest {dataset}: champion vs the best baseline after each cut")
     for col in ("cut", "H", "model", "n", "pos", "champion AUC", "best baseline", "Δ AUC [95% CI]"):
         table.add_column(
-            col, justify="left" if col in ("cut", "model", "best baseline") else "right"
+            col,
+            justify="left" if col in ("cut", "model", "best baseline") else "right",
+            no_wrap=col in ("cut", "Δ AUC [95% CI]"),
         )
     table.add_column("verdict", overflow="fold")
     for r in bt.table_rows(result):

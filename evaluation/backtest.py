@@ -790,12 +790,12 @@ def weighted_ranking_metrics(
 
 
 def _resampled_metrics(
-    y: np.ndarray, gid: np.ndarray, groups: int, draws: np.ndarray
+    gid: np.ndarray, groups: int, draws: np.ndarray, y_drawn: np.ndarray, offsets: np.ndarray
 ) -> dict[str, np.ndarray]:
     # One bincount over all rows of the chunk: row r's groups are offset by r * groups.
     b = len(draws)
-    flat = (gid[draws] + (np.arange(b, dtype=np.int64) * groups)[:, None]).ravel()
-    pos = np.bincount(flat, weights=y[draws].ravel(), minlength=b * groups).reshape(b, groups)
+    flat = (gid[draws] + offsets[:b, None] * groups).ravel()
+    pos = np.bincount(flat, weights=y_drawn, minlength=b * groups).reshape(b, groups)
     tot = np.bincount(flat, minlength=b * groups).reshape(b, groups)
     return metrics_from_groups(pos, tot - pos)
 
@@ -835,9 +835,10 @@ def compare(
 ) -> dict[str, Any]:
     """The champion against baselines on the same contacts, with bootstrap intervals.
 
-    Every method is scored on the same ``n_boot`` resamples of the contacts (drawn with
-    replacement, seeded), so the difference champion - best baseline is a paired
-    bootstrap. The best baseline is the one with the highest ROC-AUC on all contacts.
+    The best baseline is the one with the highest ROC-AUC on all contacts. The champion
+    and it are scored on the same ``n_boot`` resamples of the contacts (drawn with
+    replacement, seeded), so their difference is a paired bootstrap; the other baselines
+    get point values only (``lo`` and ``hi`` None).
 
     Args:
         y: realised 0/1 labels.
@@ -869,25 +870,29 @@ def compare(
     best = max(baselines, key=lambda name: points[name]["roc_auc"])
     rng = np.random.default_rng(seed)
     n = len(y)
-    groups = {name: tie_groups(s) for name, s in scores.items()}
+    # Intervals for the two methods the verdict compares; the others get point values.
+    boxed = ("champion", best)
+    groups = {name: tie_groups(scores[name]) for name in boxed}
     yf = y.astype(float)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))
+    offsets = np.arange(chunk, dtype=np.int64)
     boot: dict[str, dict[str, list[np.ndarray]]] = {
-        name: {m: [] for m in METRICS} for name in scores
+        name: {m: [] for m in METRICS} for name in boxed
     }
     done = 0
     while done < n_boot:
         idx = _bootstrap_indices(n, min(chunk, n_boot - done), rng)
+        y_drawn = yf[idx].ravel()
         for name, (gid, g) in groups.items():
-            for m, v in _resampled_metrics(yf, gid, g, idx).items():
+            for m, v in _resampled_metrics(gid, g, idx, y_drawn, offsets).items():
                 boot[name][m].append(v)
         done += len(idx)
     draws = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in boot.items()}
-    methods = {}
+    methods: dict[str, dict[str, dict[str, float | None]]] = {}
     for name in scores:
         methods[name] = {}
         for m in METRICS:
-            lo, hi = _interval(draws[name][m], alpha)
+            lo, hi = _interval(draws[name][m], alpha) if name in draws else (None, None)
             methods[name][m] = {"value": points[name][m], "lo": lo, "hi": hi}
     difference = {}
     for m in METRICS:
@@ -1598,6 +1603,23 @@ def report_markdown(result: BacktestResult) -> str:
             )
             + ".",
         ]
-    commits = sorted({doc.get("commit", "?") for doc in result.cells})
-    lines += ["", f"Code: commit {', '.join(commits)}."]
+    unscored = sum(
+        m.get("population_not_scored", 0)
+        for doc in result.cells
+        if doc.get("status") == "ok"
+        for m in doc["models"].values()
+    )
+    if unscored:
+        lines += [
+            "",
+            f"{unscored:,} contact-rows of the label populations had no score: contacts known "
+            "from the customers table of the full log but without an event before the cut "
+            "(the export carries events only, so the product never saw them).",
+        ]
+    judged = sorted({doc.get("commit", "?") for doc in result.cells})
+    piped = sorted({doc.get("pipeline_commit", "?") for doc in result.cells})
+    lines += [
+        "",
+        f"Code: pipelines run at commit {', '.join(piped)}, judged at {', '.join(judged)}.",
+    ]
     return "\n".join(lines)
