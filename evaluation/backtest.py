@@ -43,7 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -950,10 +950,17 @@ def check_no_leak(paths: Paths, cut: pd.Timestamp) -> dict[str, Any]:
 
 
 def champion_kind(paths: Paths, model: str) -> tuple[str, str]:
-    """The kind (e.g. ``lightgbm``) and version of ``model``'s champion in the registry."""
+    """The kind (e.g. ``lightgbm``) and version of ``model``'s champion in the registry.
+
+    The scores come from the run file whatever the kind; a champion this code cannot load
+    is reported as ``unknown (...)`` with the reason rather than failing the cell.
+    """
     from training.registry import load_model
 
-    loaded, version = load_model(paths, model)
+    try:
+        loaded, version = load_model(paths, model)
+    except Exception as err:  # a format this code does not know: say so, keep judging
+        return f"unknown ({type(err).__name__}: {err})", "?"
     return str(getattr(loaded, "kind", type(loaded).__name__)), str(version)
 
 
@@ -1372,29 +1379,42 @@ def run_backtest(
 
     for cell in sorted(stored):
         judge(cell, stored[cell])
-    # Pipelines (subprocesses) run in worker threads; the evaluation, which loads MLflow
-    # and Feast state that is global to a process, runs here, one cell at a time.
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(pipeline, cell): cell for cell in todo}
-        for fut in as_completed(futures):
-            cell = futures[fut]
-            try:
-                run = fut.result()
-            except Exception as err:  # our own export failed: report, do not cache
-                results[cell] = _jsonable(
-                    {
-                        "version": RESULT_VERSION,
-                        "setup": setup,
-                        "cut": str(cell.cut),
-                        "horizon_days": cell.horizon_days,
-                        "status": "error",
-                        "step": "pipeline",
-                        "error": f"{type(err).__name__}: {err}",
-                    }
-                )
-                say(Event("done", cell, "error"))
-                continue
-            judge(cell, run)
+
+    def finished() -> Iterator[tuple[Cell, PipelineRun | Exception]]:
+        if jobs == 1:
+            # One thing at a time: a cell's pipeline, then its judging (2 cores).
+            for cell in todo:
+                try:
+                    yield cell, pipeline(cell)
+                except Exception as err:
+                    yield cell, err
+            return
+        # Pipelines (subprocesses) run in worker threads; the judging, which loads MLflow
+        # and Feast state that is global to a process, runs here, one cell at a time.
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(pipeline, cell): cell for cell in todo}
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except Exception as err:
+                    yield futures[fut], err
+
+    for cell, run in finished():
+        if isinstance(run, Exception):  # our own export failed: report, do not cache
+            results[cell] = _jsonable(
+                {
+                    "version": RESULT_VERSION,
+                    "setup": setup,
+                    "cut": str(cell.cut),
+                    "horizon_days": cell.horizon_days,
+                    "status": "error",
+                    "step": "pipeline",
+                    "error": f"{type(run).__name__}: {run}",
+                }
+            )
+            say(Event("done", cell, "error"))
+            continue
+        judge(cell, run)
     return BacktestResult(
         dataset=log.name,
         log=log,

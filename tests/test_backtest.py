@@ -546,3 +546,16 @@ def test_the_evaluation_reads_the_parameters_the_cli_calls_get():
         overrides=(*sets, "labels.horizon_days=30")
     )
     assert bt.Layers(profile="cdnow").params(28).labels.horizon_days == 28
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_crash_of_the_backtest_itself_is_reported_not_cached(tmp_path, log, monkeypatch, jobs):
+    def crash(cell, *_a, **_k):
+        raise OSError(f"disk full while exporting {cell.key}")
+
+    monkeypatch.setattr(bt, "run_pipeline", crash)
+    cells = [bt.Cell(CUT, 10), bt.Cell(CUT - pd.Timedelta(days=7), 10)]
+    out = bt.run_backtest(log, cells, tmp_path / "bt", bt.Layers(), n_boot=100, jobs=jobs)
+    assert [d["status"] for d in out.cells] == ["error", "error"]
+    assert out.cells[0]["error"] == "OSError: disk full while exporting cut=2025-02-22_h=10d"
+    assert not (tmp_path / "bt" / "results").exists()
