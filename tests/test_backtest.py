@@ -147,6 +147,19 @@ def test_export_holds_only_events_strictly_before_the_cut(log, tmp_path, fmt):
     times = pd.to_datetime(back["event_time"], utc=True, format="ISO8601")
     assert times.max() == ts("2025-02-27 23:59:59.999999")  # microseconds survive the CSV
     assert (times < CUT).all()
+    # The product's own ingest takes every exported row, strictly.
+    from engage.data.ingest import ingest_events
+    from engage.data.io import read_events
+
+    store = tmp_path / "store"
+    report = ingest_events(
+        back, params_h().data, store / "events.parquet", store / "q.parquet", strict=True
+    )
+    assert (report.good_rows, report.bad_rows) == (5, 0)
+    stored = read_events(store / "events.parquet").set_index("event_id")
+    original = pd.read_parquet(log.events).set_index("event_id").loc[stored.index]
+    pd.testing.assert_series_equal(stored["event_time"], original["event_time"])
+    pd.testing.assert_series_equal(stored["value"], original["value"])
 
 
 def test_a_planted_event_after_the_cut_changes_nothing_the_pipeline_sees(tmp_path):
