@@ -621,9 +621,9 @@ def bgnbd_probability(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """BG/NBD's P(at least one purchase in ``[cut, cut + H)``) for each of ``ids``.
 
-    Fitted (daily purchase periods) on the conversion events before ``cut`` of
-    ``events_path``; a contact without a purchase before the cut is outside the model and
-    gets 0 (it ranks below every customer).
+    Fitted (daily purchase periods) on every customer's conversion events before ``cut``
+    in ``events_path``; a contact without a purchase before the cut is outside the model
+    and gets 0 (it ranks below every customer).
 
     Raises:
         lifetimes.utils.ConvergenceError: no fit converged.
@@ -633,15 +633,18 @@ def bgnbd_probability(
 
     ev = pd.read_parquet(events_path, columns=[CUSTOMER_ID, EVENT_TIME, EVENT_TYPE])
     buys = ev[(ev[EVENT_TYPE] == params.data.conversion_event) & (ev[EVENT_TIME] < cut)]
-    summary = bgnbd_summary(buys, cut, ids).dropna()
-    out = np.zeros(len(ids))
-    if len(summary) == 0:
+    buyers = pd.Index(buys[CUSTOMER_ID].unique())
+    if len(buyers) == 0:
         raise BacktestError("bgnbd: no purchase before the cut")
+    # Fitted on every buyer (the population BG/NBD describes), read for the judged ids.
+    summary = bgnbd_summary(buys, cut, buyers)
     fitter = fit_bgnbd(summary)
-    prob = bgnbd_prob_any(fitter, summary, horizon_days)
-    out[ids.get_indexer(summary.index)] = prob
+    judged = summary.reindex(ids).dropna()
+    out = np.zeros(len(ids))
+    out[ids.get_indexer(judged.index)] = bgnbd_prob_any(fitter, judged, horizon_days)
     return out, {
         "customers": len(summary),
+        "judged_customers": len(judged),
         "params": {k: float(v) for k, v in fitter.params_.items()},
     }
 

@@ -277,7 +277,9 @@ def test_bgnbd_gives_prospects_zero_and_customers_a_probability(tmp_path):
     p, facts = bt.bgnbd_probability(folder / "events.parquet", params_h(28), CUT, ids, 28)
     assert p[0] == 0.0
     assert ((p[1:] > 0) & (p[1:] < 1)).all()
-    assert facts["customers"] == 3 and set(facts["params"]) == {"r", "alpha", "a", "b"}
+    # Fitted on all 60 buyers, read for the 3 judged ones.
+    assert (facts["customers"], facts["judged_customers"]) == (60, 3)
+    assert set(facts["params"]) == {"r", "alpha", "a", "b"}
 
 
 def test_churn_is_no_purchase_only_on_cdnow_like_rules():
