@@ -96,26 +96,27 @@ def section_body(results: list[bt.BacktestResult], commit: str) -> str:
             "",
             bt.report_markdown(r),
             "",
-            f"Run time: {r.seconds / 60:.1f} min for {r.computed} cells computed "
-            f"({r.reevaluated} re-judged from stored pipelines, {r.cached} from the cache); "
-            + _timing(r),
+            _timing(r),
         ]
     return "\n".join(parts)
 
 
 def _timing(r: bt.BacktestResult) -> str:
     steps: dict[str, list[float]] = {}
+    total = 0.0
     for doc in r.cells:
         for c in doc.get("commands", []):
             steps.setdefault(c["step"], []).append(c["seconds"])
+        total += doc.get("pipeline_seconds", 0.0) + doc.get("evaluate_seconds", 0.0)
         if "evaluate_seconds" in doc:
-            steps.setdefault("evaluate", []).append(doc["evaluate_seconds"])
-    if not steps:
-        return "no step timings."
+            steps.setdefault("judging", []).append(doc["evaluate_seconds"])
+    medians = ", ".join(f"{k} {sorted(v)[len(v) // 2]:.0f}" for k, v in steps.items())
     return (
-        "per cell, median seconds: "
-        + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.0f}" for k, v in steps.items())
-        + f" (2 shared cores; peak RSS of the judging process {max_rss_mb():,.0f} MB)."
+        f"Time: {total / 60:.0f} min of computing summed over the cells as recorded when each "
+        f"was computed (2 cores shared with other work, so the figures are noisy); per cell, "
+        f"median seconds: {medians or 'none'}. This invocation: {r.seconds / 60:.1f} min, "
+        f"{r.computed} cells computed, {r.reevaluated} re-judged from stored pipelines, "
+        f"{r.cached} from the cache; peak RSS of the judging process {max_rss_mb():,.0f} MB."
     )
 
 

@@ -979,6 +979,8 @@ def evaluate_model(
     seed: int,
 ) -> dict[str, Any]:
     """The champion of one model against the baselines, on the contacts it scored at the cut."""
+    from training.baselines import rfm_score
+
     model = spec.name
     labels = realised_labels(log, cell.cut, params, model)
     scored = scores.set_index(ENTITY_KEY)[spec.probability]
@@ -1016,7 +1018,7 @@ def evaluate_model(
         return out
     baselines: dict[str, np.ndarray] = {
         "recency": recency_score(X, model),
-        "rfm": _rfm(X, model),
+        "rfm": rfm_score(X, model),
     }
     try:
         fits = logistic_fits(paths, params, model)
@@ -1046,12 +1048,6 @@ def evaluate_model(
         )
     out.update(compare(y, p, baselines, n_boot=n_boot, seed=seed))
     return out
-
-
-def _rfm(X: pd.DataFrame, model: str) -> np.ndarray:
-    from training.baselines import rfm_score
-
-    return rfm_score(X, model)
 
 
 def evaluate_cell(
