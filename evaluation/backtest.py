@@ -1549,6 +1549,22 @@ def summary(result: BacktestResult) -> dict[str, Any]:
     return out
 
 
+def _mirrored(result: BacktestResult) -> bool:
+    """Whether, in every judged cell, churn is appetence's complement on the same contacts."""
+    pairs = [
+        (doc["models"].get("churn"), doc["models"].get("appetence"))
+        for doc in result.cells
+        if doc.get("status") == "ok"
+    ]
+    return bool(pairs) and all(
+        c is not None
+        and a is not None
+        and c.get("contacts") == a.get("contacts")
+        and c.get("positives", -1) + a.get("positives", -1) == c.get("contacts")
+        for c, a in pairs
+    )
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -1621,6 +1637,14 @@ def report_markdown(result: BacktestResult) -> str:
                 for sk in result.skipped
             )
             + ".",
+        ]
+    if _mirrored(result):
+        lines += [
+            "",
+            "Churn mirrors appetence here: in every judged cell both models were judged on the "
+            'same contacts with complementary labels (churn is "no purchase" and every '
+            "customer is active), so the churn rows repeat the appetence comparison with the "
+            "sign of the target flipped; count them once.",
         ]
     unscored = sum(
         m.get("population_not_scored", 0)

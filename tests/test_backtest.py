@@ -373,13 +373,14 @@ def test_verdict_is_a_tie_when_the_interval_contains_zero(lo, hi, want):
 # -------------------------------------------------------------- summary, table, cache
 
 
-def _model_doc(verdict: str, diff: float) -> dict:
+def _model_doc(verdict: str, diff: float, positives: int = 200) -> dict:
     ci = {"value": diff, "lo": diff - 0.01, "hi": diff + 0.01}
     auc = {"value": 0.7, "lo": 0.68, "hi": 0.72}
     return {
         "status": "ok",
         "contacts": 1000,
-        "positive_rate": 0.2,
+        "positives": positives,
+        "positive_rate": positives / 1000,
         "champion": {"kind": "lightgbm"},
         "methods": {
             "champion": {"roc_auc": auc},
@@ -574,3 +575,19 @@ def test_a_crash_of_the_backtest_itself_is_reported_not_cached(tmp_path, log, mo
     assert [d["status"] for d in out.cells] == ["error", "error"]
     assert out.cells[0]["error"] == "OSError: disk full while exporting cut=2025-02-22_h=10d"
     assert not (tmp_path / "bt" / "results").exists()
+
+
+def test_the_report_says_when_churn_only_mirrors_appetence():
+    def cell(churn_pos: int) -> dict:
+        return {
+            "cut": "2025-03-01",
+            "horizon_days": 28,
+            "status": "ok",
+            "models": {
+                "churn": _model_doc("loss", -0.02, positives=churn_pos),
+                "appetence": _model_doc("loss", -0.02, positives=100),
+            },
+        }
+
+    assert "Churn mirrors appetence here" in bt.report_markdown(_result([cell(900)]))
+    assert "mirrors" not in bt.report_markdown(_result([cell(900), cell(850)]))
