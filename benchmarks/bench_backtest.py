@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.report import max_rss_mb, write_section
+from benchmarks.report import write_section
 from engage.config import load_params, resolve_paths
 from evaluation import backtest as bt
 
@@ -104,6 +104,7 @@ def section_body(results: list[bt.BacktestResult], commit: str) -> str:
 def _timing(r: bt.BacktestResult) -> str:
     steps: dict[str, list[float]] = {}
     total = 0.0
+    peaks = [d["judging_peak_rss_mb"] for d in r.cells if d.get("judging_peak_rss_mb")]
     for doc in r.cells:
         for c in doc.get("commands", []):
             steps.setdefault(c["step"], []).append(c["seconds"])
@@ -116,7 +117,13 @@ def _timing(r: bt.BacktestResult) -> str:
         f"was computed (2 cores shared with other work, so the figures are noisy); per cell, "
         f"median seconds: {medians or 'none'}. This invocation: {r.seconds / 60:.1f} min, "
         f"{r.computed} cells computed, {r.reevaluated} re-judged from stored pipelines, "
-        f"{r.cached} from the cache; peak RSS of the judging process {max_rss_mb():,.0f} MB."
+        f"{r.cached} from the cache."
+        + (
+            f" Peak RSS of the judging process: {max(peaks):,.0f} MB (Feast's "
+            "`get_historical_features` inside `training_frame`)."
+            if peaks
+            else ""
+        )
     )
 
 

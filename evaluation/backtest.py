@@ -39,6 +39,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -1371,6 +1372,8 @@ def run_backtest(
                 doc.update(status="error", step="evaluate", error=f"{type(err).__name__}: {err}")
                 cacheable = False
             doc["evaluate_seconds"] = time.perf_counter() - t0
+            # Lifetime peak of this process (Linux: KiB): the judging's high-water mark so far.
+            doc["judging_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if cacheable:
             save_result(folder, cell, doc)
         results[cell] = _jsonable(doc)
