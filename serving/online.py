@@ -361,7 +361,12 @@ class OnlinePredictor:
         error: it is a new prospect, placed in Nurture / New with null probabilities.
         """
         X, as_of = self.lookup(customer_ids)
-        known = ~np.isnan(as_of) & np.isin(X[:, self._half], (0.0, 1.0))
+        half = X[:, self._half]
+        known = ~np.isnan(as_of) & ((half == 0.0) | (half == 1.0))
+        if known.all():  # the usual case: no placeholders to merge
+            scored = self.score_matrix(X, explain, top_k)
+            scored.as_of_s = as_of
+            return scored
         n = len(customer_ids)
         out = Scored(
             known=known,

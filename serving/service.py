@@ -391,30 +391,28 @@ class RequestGuard:
             if expected > limit:
                 return b"", too_big
         timeout = self.config.body_timeout_s
-        deadline = time.monotonic() + timeout
         chunks, size = [], 0
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                message = await asyncio.wait_for(receive(), left)
-            except TimeoutError:
-                got = f"{size:,} of {expected:,}" if expected is not None else f"{size:,}"
-                raise _Incomplete(
-                    f"request body incomplete: {got} bytes received in {timeout:g} s "
-                    "(serving.body_timeout_s); send the whole body at once, with a "
-                    "Content-Length that matches it"
-                ) from None
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # a chunked body without Content-Length
-                return b"", too_big
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # One deadline for the whole body (asyncio.timeout: no task per receive).
+            async with asyncio.timeout(timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:  # a chunked body without Content-Length
+                        return b"", too_big
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            got = f"{size:,} of {expected:,}" if expected is not None else f"{size:,}"
+            raise _Incomplete(
+                f"request body incomplete: {got} bytes received in {timeout:g} s "
+                "(serving.body_timeout_s); send the whole body at once, with a "
+                "Content-Length that matches it"
+            ) from None
         return b"".join(chunks), None
 
     async def _answer(self, path: str, request: BaseModel, scope, receive, send) -> None:

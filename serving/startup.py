@@ -54,7 +54,11 @@ def one_line(err: BaseException) -> str:
     """An exception as one line: its message, prefixed by its type when not ours."""
     known = (LookupError, OSError, ValueError, RuntimeError, sqlite3.Error)
     text = str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}"
-    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or repr(err)
+    out = ""
+    for part in (p.strip() for p in text.splitlines()):
+        if part:
+            out += (" " if not out or out.endswith(":") else "; ") + part
+    return out.strip() or repr(err)
 
 
 def check_stores(paths: Paths, params: Params) -> list[str]:
