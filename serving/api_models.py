@@ -21,7 +21,11 @@ from serving.segments import SEGMENTS
 
 Stage = Literal[STAGES]
 Segment = Literal[SEGMENTS]
-CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Any printable text, unicode included; control characters (NUL, tabs, newlines) never
+# belong in an id and would end up in logs or CSV exports.
+CustomerId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 # A feature value sent by the caller: a finite number, or null for "not observed" (e.g.
 # days_since_last_purchase of a prospect). Strict: "3" or true is a type error, not 3.
 FeatureValue = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
@@ -136,8 +140,9 @@ class PredictRequest(_Request):
     customer_ids: list[CustomerId] = Field(
         min_length=1,
         description=(
-            "Contacts to score, 1 to `serving.max_ids` (params.yaml; 500 by default) ids, "
-            "answered in the same order. Duplicates are scored once per occurrence."
+            "Contacts to score, 1 to `serving.max_ids` (params.yaml; 500 by default) ids "
+            "of 1 to 128 characters without control characters, answered in the same "
+            "order. Duplicates are scored once per occurrence."
         ),
         examples=[["C0000001", "C0000042"]],
     )
@@ -447,23 +452,27 @@ def feature_row_model(rules: dict[str, ValueRule]) -> type[BaseModel]:
             ),
         ]
         fields[name] = (value, ...)
-    example = {n: _EXAMPLE_BY_KIND.get(r.kind, 0.0) for n, r in rules.items()}
     return create_model(
         "FeatureRow",
-        __config__=ConfigDict(
-            extra="forbid",
-            strict=True,
-            allow_inf_nan=False,
-            json_schema_extra={"examples": [example]},
-        ),
+        __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False),
         __doc__="One contact's features: every feature the models need, by name.",
         **fields,
     )
 
 
-def predict_features_request_model(row: type[BaseModel]) -> type[BaseModel]:
-    """The ``POST /predict_features`` body model for rows of ``row``."""
-    example = row.model_config["json_schema_extra"]["examples"][0]
+def feature_row_example(rules: dict[str, ValueRule]) -> dict[str, float]:
+    """A plausible row of every feature (within its rule): the documented example."""
+    return {n: _EXAMPLE_BY_KIND.get(r.kind, 0.0) for n, r in rules.items()}
+
+
+def predict_features_request_model(row: type[BaseModel], example: dict) -> type[BaseModel]:
+    """The ``POST /predict_features`` body model for rows of ``row``.
+
+    Args:
+        row: the model of one row (:func:`feature_row_model`).
+        example: a valid row, shown as the example of ``rows`` (one row).
+
+    """
     return create_model(
         "PredictFeaturesRequest",
         __base__=_Request,

@@ -180,6 +180,7 @@ from serving.api_models import (  # noqa: E402
     PredictRequest,
     PredictResponse,
     Readiness,
+    feature_row_example,
     feature_row_model,
     predict_features_request_model,
 )
@@ -201,8 +202,9 @@ logger = logging.getLogger("engage.serving")
 http_limits.install(settings().params.serving.header_timeout_s)
 
 # The request body of /predict_features lists exactly the features, with their ranges.
-FeatureRow = feature_row_model(value_rules(settings().params))
-PredictFeaturesRequest = predict_features_request_model(FeatureRow)
+_RULES = value_rules(settings().params)
+FeatureRow = feature_row_model(_RULES)
+PredictFeaturesRequest = predict_features_request_model(FeatureRow, feature_row_example(_RULES))
 
 # Route -> request model: bodies are validated by RequestGuard before anything else.
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
@@ -270,6 +272,13 @@ def _json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _unexpected(path: str) -> JSONResponse:
+    # A bug, not bad input: the traceback goes to the server log (the route only, never
+    # the body), the client gets the documented error body.
+    logger.exception("unexpected error answering %s", path)
+    return error_response(500, "unexpected server error: the server log has the details")
+
+
 class _Incomplete(Exception):
     """The request body did not arrive whole in time."""
 
@@ -306,7 +315,11 @@ class RequestGuard:
             await response(scope, receive, send)
             return
         if path == "/docs.json" and scope["method"] == "GET":
-            await Response(self._openapi(), media_type="application/json")(scope, receive, send)
+            try:
+                response = Response(self._openapi(), media_type="application/json")
+            except Exception:
+                response = _unexpected(path)
+            await response(scope, receive, send)
             return
         model = REQUEST_MODELS.get(path)
         if model is None or scope["method"] != "POST":
@@ -427,13 +440,15 @@ class RequestGuard:
             "/at_risk": service.answer_at_risk,
         }[path]
         size = len(getattr(request, "customer_ids", None) or getattr(request, "rows", ()) or ())
-        if size <= INLINE_MAX_ROWS and path != "/at_risk":
-            status, doc = handler(request)
-        else:
-            status, doc = await asyncio.to_thread(handler, request)
-        await Response(_json_bytes(doc), status_code=status, media_type="application/json")(
-            scope, receive, send
-        )
+        try:
+            if size <= INLINE_MAX_ROWS and path != "/at_risk":
+                status, doc = handler(request)
+            else:
+                status, doc = await asyncio.to_thread(handler, request)
+            response = Response(_json_bytes(doc), status_code=status, media_type="application/json")
+        except Exception:
+            response = _unexpected(path)
+        await response(scope, receive, send)
 
     def _openapi(self) -> bytes:
         if self._docs is None:
