@@ -55,7 +55,8 @@ def mlflow_ui_command(
         fail(str(err))
     artifacts = (c.paths.mlruns_dir / "artifacts").as_uri()
     cmd = mlflow_ui_args(c.paths.tracking_uri, artifacts, "127.0.0.1", port)
-    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {escape(str(mlflow_db(c.paths)))})")
+    store = escape(str(mlflow_db(c.paths)))
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {store})", soft_wrap=True)
     child = subprocess.Popen(cmd, cwd=c.paths.root)
     try:
         code = child.wait()

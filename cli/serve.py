@@ -137,7 +137,9 @@ def serve_command(
 
     cmd = bentoml_serve_args(host, port, c.paths.root)
     console.print(
-        f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir})"
+        f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir}, "
+        f"MLflow store {c.paths.mlruns_dir})",
+        soft_wrap=True,
     )
     child = subprocess.Popen(cmd, env=env, cwd=c.paths.root)
     try:

@@ -416,6 +416,8 @@ class ValueRule:
         high: largest value allowed.
         integer: only whole numbers (counts, flags).
         kind: what the feature is (``count``, ``days``, ``rate``, ...), for messages.
+        nullable: whether "not observed" (null) is a possible value: not for counts and
+            flags, which are 0 when nothing happened.
 
     """
 
@@ -423,6 +425,7 @@ class ValueRule:
     high: float
     integer: bool = False
     kind: str = "number"
+    nullable: bool = True
 
     def describe(self) -> str:
         """The rule in words, e.g. ``a count: a whole number from 0 to 10,000,000``."""
@@ -437,10 +440,11 @@ def _number(v: float) -> str:
 def value_rules(params: Params) -> dict[str, ValueRule]:
     """The allowed range of every model input, derived from the catalog's units.
 
-    Counts and flags are whole numbers (flags 0 or 1), days and amounts are never
-    negative, rates lie in [0, 1] and trends in [-1, 1]; the last NPS answer is 0-10 like
-    the events it comes from. Every rule has an upper bound, so no accepted input can
-    overflow CLV or value at risk. The service enforces them on caller-sent features.
+    Counts and flags are whole numbers (flags 0 or 1) and never null, days and amounts
+    are never negative, rates lie in [0, 1] and trends in [-1, 1]; the last NPS answer is
+    0-10 like the events it comes from; any other feature may be null (not observed).
+    Every rule has an upper bound, so no accepted input can overflow CLV or value at
+    risk. The service enforces them on caller-sent features.
     """
     amount_units = {"amount", params.data.value_units.get(params.data.conversion_event)} - {None}
     rules: dict[str, ValueRule] = {}
@@ -466,6 +470,8 @@ def value_rules(params: Params) -> dict[str, ValueRule]:
             rule = ValueRule(*NPS_RANGE, False, "an NPS score")
         else:
             rule = ValueRule(-MAX_MAGNITUDE, MAX_MAGNITUDE)
+        if spec.dtype == "int":  # counts and flags: 0 when nothing happened, never null
+            rule = ValueRule(rule.low, rule.high, rule.integer, rule.kind, nullable=False)
         rules[spec.name] = rule
     return rules
 

@@ -442,12 +442,13 @@ def feature_row_model(rules: dict[str, ValueRule]) -> type[BaseModel]:
         kwargs: dict[str, Any] = {"ge": rule.low, "le": rule.high}
         if rule.integer:
             kwargs["multiple_of"] = 1
+        null = "; null when not observed" if rule.nullable else "; never null"
         value = Annotated[
-            float | None,
+            float | None if rule.nullable else float,
             Field(
                 strict=True,
                 allow_inf_nan=False,
-                description=f"{rule.describe()}; null when not observed",
+                description=f"{rule.describe()}{null}",
                 **kwargs,
             ),
         ]
@@ -465,12 +466,33 @@ def feature_row_example(rules: dict[str, ValueRule]) -> dict[str, float]:
     return {n: _EXAMPLE_BY_KIND.get(r.kind, 0.0) for n, r in rules.items()}
 
 
-def predict_features_request_model(row: type[BaseModel], example: dict) -> type[BaseModel]:
+def predict_request_model(max_ids: int) -> type[BaseModel]:
+    """:class:`PredictRequest` with the most ids per request (``serving.max_ids``)."""
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequest,
+        __doc__=PredictRequest.__doc__,
+        customer_ids=(
+            list[CustomerId],
+            Field(
+                min_length=1,
+                max_length=max_ids,
+                description=PredictRequest.model_fields["customer_ids"].description,
+                examples=PredictRequest.model_fields["customer_ids"].examples,
+            ),
+        ),
+    )
+
+
+def predict_features_request_model(
+    row: type[BaseModel], example: dict, max_ids: int
+) -> type[BaseModel]:
     """The ``POST /predict_features`` body model for rows of ``row``.
 
     Args:
         row: the model of one row (:func:`feature_row_model`).
         example: a valid row, shown as the example of ``rows`` (one row).
+        max_ids: the most rows per request (``serving.max_ids``).
 
     """
     return create_model(
@@ -481,10 +503,12 @@ def predict_features_request_model(row: type[BaseModel], example: dict) -> type[
             list[row],
             Field(
                 min_length=1,
+                max_length=max_ids,
                 description=(
                     "1 to `serving.max_ids` rows (params.yaml; 500 by default), each with "
                     "every feature the models need (GET /ready lists them) as a number in "
-                    "its range, or null (not observed). `has_purchased` is 0 or 1. A "
+                    "its range, or null (not observed) where the feature allows it. "
+                    "`has_purchased` is 0 or 1; counts are whole numbers, never null. A "
                     "missing, unknown, ill-typed or out-of-range feature is a 400 naming it."
                 ),
                 examples=[[example]],

@@ -77,10 +77,9 @@ class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is not self._cycle_at_arm and cycle is not None:
-            return  # headers arrived in the same tick: the request is being served
-        if cycle is None or cycle.response_complete:
-            self.transport.write(_REQUEST_TIMEOUT)
+        if cycle is not None and (cycle is not self._cycle_at_arm or not cycle.response_complete):
+            return  # a request is being served (new headers, or a pipelined one)
+        self.transport.write(_REQUEST_TIMEOUT)
         self.transport.close()
 
 

@@ -438,13 +438,18 @@ class OnlinePredictor:
         return X
 
 
+def _shown(v: float) -> str:
+    return "null" if math.isnan(v) else f"{v:g}"
+
+
 def rule_violations(
     X: np.ndarray, names: Sequence[str], rules: Mapping[str, ValueRule], most: int = 5
 ) -> list[str]:
-    """One line per feature of ``X`` whose values break its rule (nulls never do).
+    """One line per feature of ``X`` whose values break its rule.
 
-    Each line names the feature, the rule, the number of rows breaking it and the first
-    ones, e.g. ``purchases_30d: must be a count: a whole number from 0 to 10,000,000;
+    NaN is a null: allowed unless the rule is not ``nullable``. Each line names the
+    feature, the rule, the number of rows breaking it and the first ones, e.g.
+    ``purchases_30d: must be a count: a whole number from 0 to 10,000,000, never null;
     2 row(s) break it (rows[0] = -1, rows[3] = 2.5)``. At most ``most`` features are
     listed, then how many more.
     """
@@ -457,10 +462,15 @@ def rule_violations(
         bad = (col < rule.low) | (col > rule.high)
         if rule.integer:
             bad |= np.isfinite(col) & (col != np.floor(col))
+        if not rule.nullable:
+            bad |= np.isnan(col)
         rows = np.flatnonzero(bad)
         if len(rows):
-            shown = ", ".join(f"rows[{i}] = {col[i]:g}" for i in rows[:3].tolist())
-            out.append(f"{name}: must be {rule.describe()}; {len(rows)} row(s) break it ({shown})")
+            shown = ", ".join(f"rows[{i}] = {_shown(col[i])}" for i in rows[:3].tolist())
+            never = "" if rule.nullable else ", never null"
+            out.append(
+                f"{name}: must be {rule.describe()}{never}; {len(rows)} row(s) break it ({shown})"
+            )
     if len(out) > most:
         out = [*out[:most], f"and {len(out) - most} more feature(s)"]
     return out

@@ -177,12 +177,12 @@ from serving.api_models import (  # noqa: E402
     ErrorResponse,
     NotReady,
     PredictFeaturesResponse,
-    PredictRequest,
     PredictResponse,
     Readiness,
     feature_row_example,
     feature_row_model,
     predict_features_request_model,
+    predict_request_model,
 )
 from serving.online import OnlinePredictor, RequestError, StoreUnavailable  # noqa: E402
 from serving.startup import (  # noqa: E402
@@ -203,8 +203,13 @@ http_limits.install(settings().params.serving.header_timeout_s)
 
 # The request body of /predict_features lists exactly the features, with their ranges.
 _RULES = value_rules(settings().params)
+_MAX_IDS = settings().params.serving.max_ids
 FeatureRow = feature_row_model(_RULES)
-PredictFeaturesRequest = predict_features_request_model(FeatureRow, feature_row_example(_RULES))
+PredictFeaturesRequest = predict_features_request_model(
+    FeatureRow, feature_row_example(_RULES), _MAX_IDS
+)
+# The documented limits are the enforced ones (serving.max_ids in the schema too).
+PredictRequest = predict_request_model(_MAX_IDS)
 
 # Route -> request model: bodies are validated by RequestGuard before anything else.
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
@@ -258,6 +263,8 @@ def describe_validation(err: ValidationError) -> tuple[str, list[dict]]:
         groups.setdefault((pattern, e["msg"]), []).append(loc)
     lines = []
     for (pattern, msg), locs in groups.items():
+        if pattern in _LIMITED and msg.startswith("List should have at most"):
+            msg += f" ({_LIMITED[pattern]})"
         if "*" in pattern:
             first = ", ".join(".".join(loc.split(".")[:2]) for loc in locs[:3])
             lines.append(f"{pattern}: {msg} ({len(locs)} item(s): {first})")
@@ -266,6 +273,10 @@ def describe_validation(err: ValidationError) -> tuple[str, list[dict]]:
     shown = "; ".join(lines[:MAX_ERRORS])
     more = f" (and {len(lines) - MAX_ERRORS} more)" if len(lines) > MAX_ERRORS else ""
     return f"invalid request: {shown}{more}", detail
+
+
+# Fields whose size limit is a parameter: a too-long error names it.
+_LIMITED = {"customer_ids": "serving.max_ids", "rows": "serving.max_ids"}
 
 
 def _json_bytes(doc: dict) -> bytes:

@@ -102,6 +102,23 @@ def start(env: dict[str, str], log: Path) -> LocalServer:
     return server
 
 
+def paths_of(data_dir: Path):
+    """The resolved paths of a data dir (its MLflow store inside), the environment intact."""
+    from engage.config import load_params, resolve_paths
+
+    saved = {k: os.environ.get(k) for k in ("ENGAGE_DATA_DIR", "ENGAGE_MLRUNS_DIR")}
+    os.environ["ENGAGE_DATA_DIR"] = str(data_dir)
+    os.environ.pop("ENGAGE_MLRUNS_DIR", None)
+    try:
+        return resolve_paths(load_params())
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def known_ids(data_dir: Path, n: int = 10) -> dict[str, list[str]]:
     """``n`` customers and ``n`` prospects of the latest snapshot."""
     frame = pd.read_parquet(
@@ -141,6 +158,7 @@ __all__ = [
     "copy_store",
     "known_ids",
     "overlay",
+    "paths_of",
     "served",
     "service_env",
     "start",

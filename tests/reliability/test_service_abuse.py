@@ -22,7 +22,12 @@ import pytest
 
 from serving.api_models import PredictFeaturesResponse, PredictResponse
 from tests.reliability import service_fixtures as fx
-from tests.reliability.service_fixtures import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, known_ids
+from tests.reliability.service_fixtures import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    known_ids,
+    paths_of,
+)
 
 served = fx.served  # fixtures of the shared module
 store_copy = fx.store_copy
@@ -288,6 +293,8 @@ def test_the_documented_example_is_accepted(client, example_row):
         ("days_since_last_purchase", -3.0, "greater than or equal to 0"),
         ("has_purchased", 2, "less than or equal to 1"),
         ("last_nps_response_value", 11.0, "less than or equal to 10"),
+        ("has_purchased", None, "Input should be a valid number"),
+        ("purchases_30d", None, "Input should be a valid number"),
     ],
 )
 def test_out_of_range_features_are_refused_with_feature_and_rule(
@@ -304,9 +311,11 @@ def test_out_of_range_features_are_refused_with_feature_and_rule(
 def test_missing_and_unknown_features_are_named(client, example_row):
     missing = {k: v for k, v in example_row.items() if k != "tenure_days"}
     resp = client.post("/predict_features", json={"rows": [missing]})
-    assert resp.status_code == 400 and "rows.0.tenure_days: Field required" in resp.json()["error"]
+    error = resp.json()["error"]
+    assert resp.status_code == 400 and "rows.*.tenure_days: Field required" in error
+    assert "(1 item(s): rows.0)" in error
     resp = client.post("/predict_features", json={"rows": [{**example_row, "colour": 1}]})
-    assert resp.status_code == 400 and "rows.0.colour" in resp.json()["error"]
+    assert resp.status_code == 400 and "rows.*.colour: Extra inputs" in resp.json()["error"]
 
 
 def test_extreme_valid_features_give_finite_values(client, example_row):
@@ -439,7 +448,16 @@ def _schemathesis(served, tmp_path, examples: int, max_time: int) -> dict:
     return {"code": result.returncode, "out": result.stdout + result.stderr, "report": report}
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_path):
+@pytest.fixture(scope="module")
+def scored(store_copy):
+    """A batch scoring run, so that /at_risk has a list to answer with."""
+    from engage.config import load_params
+    from serving.scoring import score
+
+    return score(paths_of(store_copy), load_params(), run_id="abuse")
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, scored, tmp_path):
     run = _schemathesis(served, tmp_path, examples=25, max_time=120)
     assert run["code"] == 0, run["out"][-6000:]
     assert "Traceback" not in served.log.read_text()
@@ -447,6 +465,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_
 
 @pytest.mark.reliability_heavy
 @pytest.mark.slow
-def test_schemathesis_long_run(served, tmp_path):
+def test_schemathesis_long_run(served, scored, tmp_path):
     run = _schemathesis(served, tmp_path, examples=400, max_time=900)
     assert run["code"] == 0, run["out"][-6000:]
