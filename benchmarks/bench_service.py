@@ -236,6 +236,8 @@ def fuzz(url: str, out_dir: Path, examples: int, max_seconds: float) -> dict:
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
             "run",
             f"{url}/docs.json",
             "--checks",

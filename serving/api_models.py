@@ -12,7 +12,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+)
 
 from features.catalog import ValueRule
 from serving.at_risk import MAX_LIMIT
@@ -30,6 +38,21 @@ CustomerId = Annotated[
 # days_since_last_purchase of a prospect). Strict: "3" or true is a type error, not 3.
 FeatureValue = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
 MAX_TOP_K = 20
+
+
+def _whole(value):
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees), 3.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A count in a request: strict (no "3", no true), but 3.0 is 3.
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+# A segment or null, in the one form OpenAPI readers agree on (an enum holding null).
+OptionalSegment = Annotated[
+    Segment | None, WithJsonSchema({"type": ["string", "null"], "enum": [*SEGMENTS, None]})
+]
 
 _EXAMPLE_VERSIONS = {"churn": "3", "appetence": "2"}
 _EXAMPLE_REASON = {
@@ -147,7 +170,7 @@ class PredictRequest(_Request):
         examples=[["C0000001", "C0000042"]],
     )
     explain: bool = _EXPLAIN
-    top_k: int = _TOP_K
+    top_k: WholeNumber = _TOP_K
 
 
 class _Scores(_Response):
@@ -287,7 +310,7 @@ class PredictFeaturesResponse(_Response):
 class AtRiskRequest(_Request):
     """Query the at-risk list of the latest batch scoring run (`engage score`)."""
 
-    limit: int = Field(
+    limit: WholeNumber = Field(
         default=20,
         ge=1,
         le=MAX_LIMIT,
@@ -297,7 +320,7 @@ class AtRiskRequest(_Request):
         ),
         examples=[20],
     )
-    segment: Segment | None = Field(
+    segment: OptionalSegment = Field(
         default=None,
         description=(
             "Keep one lifecycle segment only, spelled exactly as listed; null or absent "
@@ -515,5 +538,5 @@ def predict_features_request_model(
             ),
         ),
         explain=(bool, _EXPLAIN),
-        top_k=(int, _TOP_K),
+        top_k=(WholeNumber, _TOP_K),
     )

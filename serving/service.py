@@ -492,8 +492,15 @@ def openapi_document() -> dict:
     BentoML documents every error as ``{error: string, detail: string}`` with 400, 404
     and 500; this service sends :class:`ErrorResponse` (``detail`` is a list) and also
     401, 408, 413, 415 and 503, and ``GET /ready`` answers 503 with :class:`NotReady`.
+    A request body is required where the model has a required field (``/at_risk``'s
+    empty body means its defaults), and the document is labelled OpenAPI 3.1, the
+    dialect of its pydantic schemas.
     """
     doc = EngageService.openapi_spec.asdict()
+    # The schemas are pydantic's JSON Schema 2020-12 (`type: null`, numeric exclusive
+    # bounds): OpenAPI 3.1's dialect, though BentoML labels the document 3.0.2 (in which
+    # `segment: null` would read as invalid). Its Swagger UI (5.x) renders 3.1.
+    doc["openapi"] = "3.1.0"
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for stale in ("InvalidArgument", "NotFound", "InternalServerError"):
         schemas.pop(stale, None)
@@ -509,6 +516,11 @@ def openapi_document() -> dict:
         operation = doc["paths"].get(route, {}).get("post")
         if operation is None:
             continue
+        model = REQUEST_MODELS[route]
+        if "requestBody" in operation:
+            # An empty body is {}: a 400 when a field is required, the defaults otherwise.
+            required = any(f.is_required() for f in model.model_fields.values())
+            operation["requestBody"]["required"] = required
         responses = {k: v for k, v in operation["responses"].items() if str(k) == "200"}
         for status in statuses:
             responses[str(status)] = {"description": _ERRORS[status], "content": error}
