@@ -252,7 +252,8 @@ def describe_validation(err: ValidationError) -> tuple[str, list[dict]]:
     The input values are left out on purpose: they are customer data, and they would be
     echoed back (or logged) otherwise. The same problem in several list items is one
     line with the count of items, e.g.
-    ``rows.*.purchases_30d: Input should be greater than or equal to 0 (2 items: rows.0, rows.3)``.
+    ``rows.*.purchases_30d: Input should be greater than or equal to 0 (2 item(s): rows.0,
+    rows.3)``.
     """
     detail = []
     groups: dict[tuple[str, str], list[str]] = {}
