@@ -8,12 +8,12 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := true
 export FEAST_USAGE := False
-PORT ?= 8888
+# PORT= picks the port of `make feast-ui` (8888 by default) and `make mlflow-ui` (5000).
 # The data dir whose Feast registry `make feast-ui` shows (engage writes its config there).
 FEAST_DATA_DIR ?= $(or $(ENGAGE_DATA_DIR),data)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test test-fast lint format mlflow-ui feast-ui serve clean
+.PHONY: help venv install install-dev run test test-fast test-reliability lint format mlflow-ui feast-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
+test-reliability: $(DEV_STAMP) ## heavy reliability cases: long API fuzzing, slow clients, every start-up failure
+	$(BIN)/python -m pytest -q -m reliability_heavy
+
 lint: $(DEV_STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -61,12 +64,12 @@ format: $(DEV_STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-mlflow-ui: $(STAMP) ## browse runs and the model registry on 127.0.0.1:5000
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db
+mlflow-ui: $(STAMP) ## browse runs and the model registry on 127.0.0.1:5000 (PORT=), the store training wrote
+	$(BIN)/engage mlflow-ui --port $(or $(PORT),5000)
 
 feast-ui: $(STAMP) ## browse Feast views, features, services on 127.0.0.1:8888 (PORT=, FEAST_DATA_DIR=)
 	@test -f $(FEAST_DATA_DIR)/feast/feature_store.yaml || { echo "no Feast registry under $(FEAST_DATA_DIR): run engage features build"; exit 1; }
-	$(BIN)/feast -c feature_repo -f $(FEAST_DATA_DIR)/feast/feature_store.yaml ui --host 127.0.0.1 --port $(PORT)
+	$(BIN)/feast -c feature_repo -f $(FEAST_DATA_DIR)/feast/feature_store.yaml ui --host 127.0.0.1 --port $(or $(PORT),8888)
 
 serve: $(STAMP) ## start the prediction service on 127.0.0.1
 	$(BIN)/engage serve

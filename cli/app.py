@@ -60,8 +60,9 @@ def context(ctx: typer.Context) -> Context:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``error: message`` and exit with ``code`` (no traceback)."""
-    console.print(f"[red]error:[/red] {escape(message)}")
+    """Print ``error: message`` on one line and exit with ``code`` (no traceback)."""
+    # soft_wrap: one line whatever the terminal width (logs and tests read it whole).
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -6,7 +6,7 @@ that imports them all, so ``cli.app`` stays free of the command modules.
 
 from __future__ import annotations
 
-from cli import bench, data, features, models, monitor, pipeline, scoring, serve  # noqa: F401
+from cli import bench, browse, data, features, models, monitor, pipeline, scoring, serve  # noqa: F401
 from cli.app import app
 
 __all__ = ["app"]

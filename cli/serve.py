@@ -1,16 +1,23 @@
 """``engage serve``: start the prediction service (``serving/service.py``) with BentoML.
 
-The command runs ``bentoml serve serving.service:EngageService`` in a child process on
-``serving.host`` / ``serving.port`` (127.0.0.1:3000 by default) and waits for it; Ctrl-C
-stops both. The service sees exactly the parameters this command was given
-(``--profile``, ``--params``, ``--set``): they are written to
-``<data dir>/bentoml/serve-params.yaml`` and passed as ``$ENGAGE_PARAMS``, with
-``$ENGAGE_DATA_DIR`` set to the resolved data directory. BentoML's home stays under the
-data directory (``$BENTOML_HOME`` = ``<data dir>/bentoml`` unless already set).
+First a **preflight** in this process (:func:`serving.startup.preflight`): the read-only
+store checks, then the very load each worker will do. A problem is one ``error: ...``
+line naming the path and the command to run, exit code 3, and no server is started.
+
+Then the command runs ``bentoml serve serving.service:EngageService`` in a child process
+on ``serving.host`` / ``serving.port`` (127.0.0.1:3000 by default) and waits for it;
+Ctrl-C stops both, and a child that ends with an error ends this command with its exit
+code. The service sees exactly the parameters and stores this command resolved: the
+parameters (``--profile``, ``--params``, ``--set``) are written to
+``<data dir>/bentoml/serve-params.yaml`` and passed as ``$ENGAGE_PARAMS``, the data
+directory as ``$ENGAGE_DATA_DIR`` and the MLflow store as ``$ENGAGE_MLRUNS_DIR`` (in the
+default layout it is ``<project>/mlruns``, not under the data directory). BentoML's home
+stays under the data directory (``$BENTOML_HOME`` = ``<data dir>/bentoml`` unless set).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -20,7 +27,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from cli.app import Context, app, context
+from cli.app import Context, app, context, fail
 from cli.ui import console
 
 
@@ -48,7 +55,10 @@ def serve_env(c: Context, now: str | None = None, workers: int | None = None) ->
         ENGAGE_PARAMS=str(effective),
         # The profile is already applied in the written file; applying it again fails.
         ENGAGE_PROFILE="",
+        # Both stores named outright: the service must read what this command resolved,
+        # whatever the rule that relates them (mlruns is not under the default data dir).
         ENGAGE_DATA_DIR=str(c.paths.data_dir),
+        ENGAGE_MLRUNS_DIR=str(c.paths.mlruns_dir),
         MLFLOW_DISABLE_TELEMETRY="true",
         BENTOML_DO_NOT_TRACK="true",
         DO_NOT_TRACK="true",
@@ -90,15 +100,34 @@ def serve_command(
         typer.Option(help="Worker processes (default: one per CPU core).", min=1),
     ] = None,
 ) -> None:
-    """Start the prediction service (POST /predict, /predict_features, /at_risk)."""
+    """Start the prediction service (POST /predict, /predict_features, /at_risk).
+
+    The stores are checked and the models loaded here first: a problem is one line and
+    exit code 3, before any server process starts.
+    """
+    from serving.online import parse_now
+    from serving.startup import EXIT_STARTUP_FAILED, StartupError, preflight
+
     c = context(ctx)
     host = host or c.params.serving.host
     port = port or c.params.serving.port
-    try:
-        env = serve_env(c, now, workers)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+    if now is not None:
+        try:
+            parse_now(now)
+        except ValueError as err:
+            fail(str(err), 2)
+    with console.status("checking the stores and loading the models..."):
+        try:
+            predictor = preflight(c.paths, c.params)
+        except StartupError as err:
+            fail(f"the service cannot start: {err}", EXIT_STARTUP_FAILED)
+    console.print(
+        f"preflight: churn v{predictor.versions.get('churn')}, appetence "
+        f"v{predictor.versions.get('appetence')}, features as of {predictor.snapshot_as_of}"
+    )
+    del predictor  # the workers load their own; this process only waits for them
+    gc.collect()
+    env = serve_env(c, now, workers)
     if host not in ("127.0.0.1", "localhost", "::1") and not env.get(c.params.serving.api_key_env):
         console.print(
             f"[yellow]warning:[/yellow] listening on {escape(host)} without an API key "
@@ -108,7 +137,9 @@ def serve_command(
 
     cmd = bentoml_serve_args(host, port, c.paths.root)
     console.print(
-        f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir})"
+        f"serving on http://{escape(host)}:{port} (API docs at /, data {c.paths.data_dir}, "
+        f"MLflow store {c.paths.mlruns_dir})",
+        soft_wrap=True,
     )
     child = subprocess.Popen(cmd, env=env, cwd=c.paths.root)
     try:
@@ -123,4 +154,5 @@ def serve_command(
             child.wait()
         return
     if code:
-        raise typer.Exit(code)
+        # The server printed why (one `error:` line); exit with its code.
+        raise typer.Exit(code if code > 0 else 1)

@@ -53,6 +53,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "params.yaml"
 DEFAULTS_LABEL = "params.yaml"  # how errors name the project defaults
 DATA_DIR_ENV = "ENGAGE_DATA_DIR"
+MLRUNS_DIR_ENV = "ENGAGE_MLRUNS_DIR"
 PROFILE_ENV = "ENGAGE_PROFILE"
 PARAMS_ENV = "ENGAGE_PARAMS"
 
@@ -316,6 +317,9 @@ class ServingParams(_Section):
     webhook_retries: Annotated[Int, Field(ge=0, le=10)]
     webhook_backoff_s: Annotated[Float, Field(ge=0, le=60)]
     webhook_timeout_s: Annotated[Float, Field(gt=0, le=600)]
+    # Slow or stalled clients hold a connection (and a worker's attention) until these.
+    header_timeout_s: Annotated[Float, Field(gt=0, le=300)]
+    body_timeout_s: Annotated[Float, Field(gt=0, le=300)]
 
 
 class MonitoringParams(_Section):
@@ -939,6 +943,9 @@ def resolve_paths(params: Params, root: Path = PROJECT_ROOT) -> Paths:
 
     ``$ENGAGE_DATA_DIR`` (when set) replaces ``data.dir`` and also holds the MLflow store
     (``<data dir>/mlruns``), so a test or a second data set never touches the defaults.
+    ``$ENGAGE_MLRUNS_DIR`` (when set) names the MLflow store folder outright, whatever the
+    data dir: ``engage serve`` passes both, so the service reads exactly the stores the
+    command resolved (the default layout keeps the store in ``<root>/mlruns``).
 
     Raises:
         ConfigError: the data or MLflow directory exists as a file.
@@ -951,4 +958,7 @@ def resolve_paths(params: Params, root: Path = PROJECT_ROOT) -> Paths:
     else:
         data_dir = _directory((root / params.data.dir).resolve(), "data.dir")
         mlruns = _directory((root / params.mlflow.dir).resolve(), "mlflow.dir")
+    env_mlruns = os.environ.get(MLRUNS_DIR_ENV)
+    if env_mlruns:
+        mlruns = _directory(Path(env_mlruns).expanduser().resolve(), f"${MLRUNS_DIR_ENV}")
     return Paths(root=root, data_dir=data_dir, mlruns_dir=mlruns, params=params)

@@ -434,6 +434,85 @@ def feature_tags(spec: FeatureSpec) -> dict[str, str]:
     return tags
 
 
+# Upper bounds of the value rules: far above any real contact, far below float overflow
+# (CLV multiplies an amount by a count: 1e12 x 1e7 is still a finite float).
+MAX_COUNT = 10_000_000
+MAX_DAYS = 36_525  # a century
+MAX_SECONDS = 3_155_760_000  # a century of seconds
+MAX_AMOUNT = 1e12
+MAX_MAGNITUDE = 1e12  # any other number (an unknown unit)
+NPS_EVENT, NPS_RANGE = "nps_response", (0.0, 10.0)  # what ingest validation enforces
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """The values a feature can take: ``low <= v <= high``, whole numbers if ``integer``.
+
+    Attributes:
+        low: smallest value allowed.
+        high: largest value allowed.
+        integer: only whole numbers (counts, flags).
+        kind: what the feature is (``count``, ``days``, ``rate``, ...), for messages.
+        nullable: whether "not observed" (null) is a possible value: not for counts and
+            flags, which are 0 when nothing happened.
+
+    """
+
+    low: float
+    high: float
+    integer: bool = False
+    kind: str = "number"
+    nullable: bool = True
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``a count: a whole number from 0 to 10,000,000``."""
+        whole = "a whole number" if self.integer else "a number"
+        return f"{self.kind}: {whole} from {_number(self.low)} to {_number(self.high)}"
+
+
+def _number(v: float) -> str:
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+
+def value_rules(params: Params) -> dict[str, ValueRule]:
+    """The allowed range of every model input, derived from the catalog's units.
+
+    Counts and flags are whole numbers (flags 0 or 1) and never null, days and amounts
+    are never negative, rates lie in [0, 1] and trends in [-1, 1]; the last NPS answer is
+    0-10 like the events it comes from; any other feature may be null (not observed).
+    Every rule has an upper bound, so no accepted input can overflow CLV or value at
+    risk. The service enforces them on caller-sent features.
+    """
+    amount_units = {"amount", params.data.value_units.get(params.data.conversion_event)} - {None}
+    rules: dict[str, ValueRule] = {}
+    for spec in feature_specs(params):
+        if spec.name == SNAPSHOT_TIME:
+            continue
+        unit = spec.unit
+        if unit == "flag":
+            rule = ValueRule(0, 1, True, "a flag")
+        elif unit == "count":
+            rule = ValueRule(0, MAX_COUNT, True, "a count")
+        elif unit == "days":
+            rule = ValueRule(0, MAX_DAYS, False, "a number of days")
+        elif unit == "rate":
+            rule = ValueRule(0, 1, False, "a rate")
+        elif unit == "ratio":
+            rule = ValueRule(-1, 1, False, "a trend")
+        elif unit == "seconds":
+            rule = ValueRule(0, MAX_SECONDS, False, "a number of seconds")
+        elif unit in amount_units:
+            rule = ValueRule(0, MAX_AMOUNT, False, "an amount")
+        elif spec.name == f"last_{NPS_EVENT}_value":
+            rule = ValueRule(*NPS_RANGE, False, "an NPS score")
+        else:
+            rule = ValueRule(-MAX_MAGNITUDE, MAX_MAGNITUDE)
+        if spec.dtype == "int":  # counts and flags: 0 when nothing happened, never null
+            rule = ValueRule(rule.low, rule.high, rule.integer, rule.kind, nullable=False)
+        rules[spec.name] = rule
+    return rules
+
+
 def feature_names(params: Params, views: tuple[str, ...] | None = None) -> list[str]:
     """Names of the stored feature columns (metadata included), in catalog order."""
     return [s.name for s in feature_specs(params) if views is None or s.view in views]

@@ -20,11 +20,18 @@ Feast selects the store from ``feature_store.yaml``::
     online_store:
       type: features.online_store.PackedSqliteOnlineStore
       path: ../data/feast/online_store.db
+
+With ``read_only: true`` (what the prediction service sets in code) the file is opened
+with SQLite's ``mode=ro``: a missing file is an :class:`OnlineStoreUnavailable` error
+naming it, never a new empty store, nothing is written, and a file replaced on disk is
+reopened on the next read. :meth:`PackedSqliteOnlineStore.probe` is the service's cheap
+readiness read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -40,7 +47,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.types import Float64, Int64
-from pydantic import StrictStr
+from pydantic import StrictBool, StrictStr
+
+from engage.readonly import readonly_sqlite
 
 MAX_EXACT_INT = 2**53  # float64 holds every integer below this exactly
 _LAYOUT = "_engage_layout"  # table name -> JSON list of [feature, "int"|"float"]
@@ -54,6 +63,15 @@ class PackedSqliteOnlineStoreConfig(FeastConfigBaseModel):
     )
     path: StrictStr = "data/online_store.db"
     """SQLite file; a relative path resolves against the feature repo."""
+    read_only: StrictBool = False
+    """Open the file read-only: never create it, its tables or its journal mode."""
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """The online store cannot be read: missing, not a database, or without its tables.
+
+    The message names the file and the command that rebuilds it.
+    """
 
 
 def _kind(view: FeatureView) -> list[tuple[str, str]]:
@@ -83,6 +101,14 @@ def _utc(us: int | None) -> datetime | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC)
 
 
+def _missing(path: str) -> str:
+    return f"online store {path} is missing: build it with `engage features build`"
+
+
+def _unreadable(path: str, err: Exception) -> str:
+    return f"online store {path} cannot be read ({err}): rebuild it with `engage features build`"
+
+
 def entity_key_bytes(join_key: str, values: Sequence[str], version: int = 3) -> list[bytes]:
     """Feast's serialized entity keys of one string join key (what the store indexes on)."""
     out = []
@@ -97,10 +123,12 @@ class PackedSqliteOnlineStore(OnlineStore):
 
     _conn: sqlite3.Connection | None = None
     _conn_path: str | None = None
+    _conn_ident: tuple[int, int] | None = None
     # Layouts as last read, valid while SQLite's schema_version is unchanged: any apply
     # that changes a layout drops or creates a table, which bumps it (in any process).
     _layouts: dict[str, list[tuple[str, str]]] | None = None
     _schema_version: int | None = None
+    _verified: dict[str, tuple[FeatureView, list[tuple[str, str]]]] | None = None
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -113,6 +141,8 @@ class PackedSqliteOnlineStore(OnlineStore):
 
     def _connect(self, config: RepoConfig) -> sqlite3.Connection:
         path = self.db_path(config)
+        if getattr(config.online_store, "read_only", False):
+            return self._connect_read_only(path)
         if self._conn is None or self._conn_path != path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False)
@@ -123,6 +153,59 @@ class PackedSqliteOnlineStore(OnlineStore):
                 f"CREATE TABLE IF NOT EXISTS {_LAYOUT} (tbl TEXT PRIMARY KEY, layout TEXT)"
             )
         return self._conn
+
+    def _connect_read_only(self, path: str) -> sqlite3.Connection:
+        # A stat per read (microseconds): a deleted file is reported instead of being read
+        # from the unlinked inode forever, and a replaced file is reopened.
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise OnlineStoreUnavailable(_missing(path)) from None
+        ident = (st.st_dev, st.st_ino)
+        if self._conn is None or self._conn_path != path or self._conn_ident != ident:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            try:
+                self._conn = readonly_sqlite(Path(path))
+            except (FileNotFoundError, sqlite3.Error) as err:
+                raise OnlineStoreUnavailable(_unreadable(path, err)) from None
+            self._conn_path, self._conn_ident = path, ident
+            self._layouts = self._schema_version = None
+        return self._conn
+
+    def probe(self, config: RepoConfig, views: Sequence[FeatureView]) -> None:
+        """A cheap real read of the store: a fresh connection, each view's layout and row.
+
+        A fresh read-only connection sees the file as it is on disk now (an open one
+        could answer from its cache). Used by the service's readiness check.
+
+        Raises:
+            OnlineStoreUnavailable: the file is missing, unreadable, or lacks a view's
+                table or layout (the message names the file and the command to run).
+
+        """
+        path = self.db_path(config)
+        if not os.path.isfile(path):
+            raise OnlineStoreUnavailable(_missing(path))
+        try:
+            conn = readonly_sqlite(Path(path))
+        except (FileNotFoundError, sqlite3.Error) as err:
+            raise OnlineStoreUnavailable(_unreadable(path, err)) from None
+        try:
+            layouts = self._read_layouts(conn)
+            for view in views:
+                table = self.table_name(config, view)
+                if layouts.get(table) != _kind(view):
+                    raise OnlineStoreUnavailable(
+                        f"online store {path}: no current table for feature view "
+                        f"{view.name!r}: rebuild it with `engage features build`"
+                    )
+                conn.execute(f'SELECT entity_key, vals FROM "{table}" LIMIT 1').fetchall()
+        except sqlite3.Error as err:
+            raise OnlineStoreUnavailable(_unreadable(path, err)) from None
+        finally:
+            conn.close()
 
     @staticmethod
     def table_name(config: RepoConfig, view: FeatureView) -> str:
@@ -142,17 +225,25 @@ class PackedSqliteOnlineStore(OnlineStore):
         if self._layouts is None or version != self._schema_version:
             self._layouts = self._read_layouts(conn)
             self._schema_version = version
+            self._verified = {}
+        # The same view object checked against the same layouts: skip the comparison of
+        # every feature's type (most of a one-contact read otherwise).
+        verified = self._verified.get(table) if self._verified is not None else None
+        if verified is not None and verified[0] is view:
+            return table, verified[1]
         stored = self._layouts.get(table)
         if stored is None:
-            raise RuntimeError(
-                f"online store has no table for feature view {view.name!r}: run `feast apply` "
-                "(or `engage features build`) first"
+            raise OnlineStoreUnavailable(
+                f"online store {self.db_path(config)} has no table for feature view "
+                f"{view.name!r}: run `feast apply` (or `engage features build`) first"
             )
         if stored != _kind(view):
-            raise RuntimeError(
+            raise OnlineStoreUnavailable(
                 f"feature view {view.name!r} changed since the online table was created: "
                 "run `feast apply` (or `engage features build`) again"
             )
+        if self._verified is not None:
+            self._verified[table] = (view, stored)
         return table, stored
 
     # ------------------------------------------------------------------ Feast API
@@ -295,14 +386,18 @@ class PackedSqliteOnlineStore(OnlineStore):
 
         Raises:
             KeyError: a feature is not in the view.
+            OnlineStoreUnavailable: the store cannot be read.
         """
         conn = self._connect(config)
-        name, layout = self._checked_layout(conn, config, view)
-        position = {feature: j for j, (feature, _) in enumerate(layout)}
-        missing = [f for f in features if f not in position]
-        if missing:
-            raise KeyError(f"feature view {view.name!r} has no features {missing}")
-        found = self._fetch(conn, name, keys)
+        try:
+            name, layout = self._checked_layout(conn, config, view)
+            position = {feature: j for j, (feature, _) in enumerate(layout)}
+            missing = [f for f in features if f not in position]
+            if missing:
+                raise KeyError(f"feature view {view.name!r} has no features {missing}")
+            found = self._fetch(conn, name, keys)
+        except sqlite3.DatabaseError as err:
+            raise OnlineStoreUnavailable(_unreadable(self.db_path(config), err)) from None
         cols = np.array([position[f] for f in features], dtype=np.intp)
         out = np.full((len(keys), len(features)), np.nan)
         for i, key in enumerate(keys):
@@ -354,6 +449,7 @@ class PackedSqliteOnlineStore(OnlineStore):
 
 
 __all__ = [
+    "OnlineStoreUnavailable",
     "PackedSqliteOnlineStore",
     "PackedSqliteOnlineStoreConfig",
     "entity_key_bytes",

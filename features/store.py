@@ -21,20 +21,35 @@ from engage.config import Paths
 from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP
 from features.snapshots import snapshot_path, to_utc
 
+REGISTRY_DB = "registry.db"
+ONLINE_STORE_DB = "online_store.db"
+PACKED_STORE = "features.online_store.PackedSqliteOnlineStore"
+_WHAT = {REGISTRY_DB: "registry", ONLINE_STORE_DB: "online store"}
 MATERIALIZE_CHUNK_ROWS = 20_000  # Feast's own write path holds ~0.7 KB per value: ~0.5 GB a chunk
 
 
-def repo_config(paths: Paths):
-    """The Feast RepoConfig: feature_store.yaml with data paths under ``paths.data_dir``."""
+def repo_config(paths: Paths, read_only: bool = False):
+    """The Feast RepoConfig: feature_store.yaml with data paths under ``paths.data_dir``.
+
+    Args:
+        paths: resolved locations.
+        read_only: for readers (the prediction service): create no folder, write no copy
+            of the config, and open the packed online store read-only.
+
+    """
     from feast.repo_config import RepoConfig
 
     raw = yaml.safe_load((paths.feature_repo / "feature_store.yaml").read_text())
-    paths.feast_dir.mkdir(parents=True, exist_ok=True)
     raw["project"] = paths.params.feast.project
-    raw["registry"]["path"] = str(paths.feast_dir / "registry.db")
-    raw["online_store"]["path"] = str(paths.feast_dir / "online_store.db")
-    # A copy for the Feast CLI when the data dir is not the default one (feast -f FILE).
-    (paths.feast_dir / "feature_store.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    raw["registry"]["path"] = str(paths.feast_dir / REGISTRY_DB)
+    raw["online_store"]["path"] = str(paths.feast_dir / ONLINE_STORE_DB)
+    if read_only:
+        if raw["online_store"].get("type") == PACKED_STORE:
+            raw["online_store"]["read_only"] = True
+    else:
+        paths.feast_dir.mkdir(parents=True, exist_ok=True)
+        # A copy for the Feast CLI when the data dir is not the default one (feast -f FILE).
+        (paths.feast_dir / "feature_store.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = RepoConfig(**raw)
     config.repo_path = paths.feature_repo
     return config
@@ -45,6 +60,33 @@ def get_store(paths: Paths):
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(paths.feature_repo), config=repo_config(paths))
+
+
+class FeatureStoreUnavailable(LookupError):
+    """The Feast registry or online store is missing; the message names it and the fix."""
+
+
+def open_store_read_only(paths: Paths):
+    """A FeatureStore for reading only: the registry and online store must exist.
+
+    Nothing is created: Feast would otherwise answer a wrong data dir with a new empty
+    registry, and SQLite with a new empty online store.
+
+    Raises:
+        FeatureStoreUnavailable: the registry or the online store file is missing.
+
+    """
+    from feast import FeatureStore
+
+    needed = (paths.feast_dir / REGISTRY_DB, paths.feast_dir / ONLINE_STORE_DB)
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise FeatureStoreUnavailable(
+            f"no Feast {' or '.join(_WHAT[p.name] for p in missing)} at "
+            f"{', '.join(str(p) for p in missing)}: build the features first "
+            "(`engage features build` or `engage run`)"
+        )
+    return FeatureStore(repo_path=str(paths.feature_repo), config=repo_config(paths, True))
 
 
 @dataclass(frozen=True)
@@ -213,10 +255,12 @@ def feast_dir_for_cli(paths: Paths) -> Path:
 
 __all__ = [
     "ApplyResult",
+    "FeatureStoreUnavailable",
     "apply_objects",
     "apply_repo",
     "get_store",
     "historical_features",
     "materialize_snapshot",
     "online_features",
+    "open_store_read_only",
 ]

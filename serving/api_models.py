@@ -10,20 +10,49 @@ instead of being coerced into something the caller did not mean.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    create_model,
+)
 
+from features.catalog import ValueRule
+from serving.at_risk import MAX_LIMIT
 from serving.index import STAGES
 from serving.segments import SEGMENTS
 
 Stage = Literal[STAGES]
 Segment = Literal[SEGMENTS]
-CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Any printable text, unicode included; control characters (NUL, tabs, newlines) never
+# belong in an id and would end up in logs or CSV exports.
+CustomerId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 # A feature value sent by the caller: a finite number, or null for "not observed" (e.g.
 # days_since_last_purchase of a prospect). Strict: "3" or true is a type error, not 3.
 FeatureValue = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
 MAX_TOP_K = 20
+
+
+def _whole(value):
+    # JSON has one number type: 3.0 is the integer 3 (JSON Schema agrees), 3.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A count in a request: strict (no "3", no true), but 3.0 is 3.
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+# A segment or null, in the one form OpenAPI readers agree on (an enum holding null).
+OptionalSegment = Annotated[
+    Segment | None, WithJsonSchema({"type": ["string", "null"], "enum": [*SEGMENTS, None]})
+]
 
 _EXAMPLE_VERSIONS = {"churn": "3", "appetence": "2"}
 _EXAMPLE_REASON = {
@@ -34,6 +63,34 @@ _EXAMPLE_REASON = {
     "direction": "raises",
     "text": "hasn't opened an e-mail in 45 days (typical customer: 6 days); raises the churn risk",
 }
+
+
+class ErrorDetail(BaseModel):
+    """One problem of a rejected request body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loc: str = Field(
+        description="Dotted path of the field in the body (`body` for the body itself).",
+        examples=["customer_ids.0"],
+    )
+    msg: str = Field(description="What is wrong.", examples=["Input should be a valid string"])
+    type: str = Field(description="Pydantic's error type.", examples=["string_type"])
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (4xx and 5xx)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(
+        description="One line naming the problem (the field, the rule, the limit...).",
+        examples=["invalid request: customer_ids: List should have at least 1 item"],
+    )
+    detail: list[ErrorDetail] | None = Field(
+        default=None,
+        description="Each problem of a rejected body (400 from validation only).",
+    )
 
 
 class _Request(BaseModel):
@@ -106,13 +163,14 @@ class PredictRequest(_Request):
     customer_ids: list[CustomerId] = Field(
         min_length=1,
         description=(
-            "Contacts to score, 1 to `serving.max_ids` (params.yaml; 500 by default) ids, "
-            "answered in the same order. Duplicates are scored once per occurrence."
+            "Contacts to score, 1 to `serving.max_ids` (params.yaml; 500 by default) ids "
+            "of 1 to 128 characters without control characters, answered in the same "
+            "order. Duplicates are scored once per occurrence."
         ),
         examples=[["C0000001", "C0000042"]],
     )
     explain: bool = _EXPLAIN
-    top_k: int = _TOP_K
+    top_k: WholeNumber = _TOP_K
 
 
 class _Scores(_Response):
@@ -235,23 +293,6 @@ class PredictResponse(_Response):
     )
 
 
-class PredictFeaturesRequest(_Request):
-    """Score contacts from feature values sent by the caller (no Feast lookup)."""
-
-    rows: list[dict[str, FeatureValue]] = Field(
-        min_length=1,
-        description=(
-            "1 to `serving.max_ids` rows, each mapping every feature the models need (and "
-            "the segment and value inputs; GET /ready lists them) to a finite number or "
-            "null (not observed). `has_purchased` must be 0 or 1. A missing, unknown or "
-            "ill-typed feature (string, boolean, NaN, Infinity) is a 400 naming it."
-        ),
-        examples=[[{"has_purchased": 1, "days_since_last_purchase": 12.5, "...": 0}]],
-    )
-    explain: bool = _EXPLAIN
-    top_k: int = _TOP_K
-
-
 class FeaturePrediction(_Scores):
     """The prediction for one row of features."""
 
@@ -271,26 +312,28 @@ class PredictFeaturesResponse(_Response):
 class AtRiskRequest(_Request):
     """Query the at-risk list of the latest batch scoring run (`engage score`)."""
 
-    limit: int = Field(
+    limit: WholeNumber = Field(
         default=20,
         ge=1,
-        le=10_000,
-        description="Maximum number of customers returned, highest value at risk first.",
+        le=MAX_LIMIT,
+        description=(
+            f"Maximum number of customers returned, highest value at risk first (1 to "
+            f"{MAX_LIMIT:,}; `engage at-risk` lists more)."
+        ),
         examples=[20],
     )
-    segment: str | None = Field(
+    segment: OptionalSegment = Field(
         default=None,
-        min_length=1,
-        max_length=40,
         description=(
-            "Keep one lifecycle segment only (case, '-' and '_' are ignored: 'at-risk' = "
-            f"'At risk'). One of: {', '.join(SEGMENTS)}."
+            "Keep one lifecycle segment only, spelled exactly as listed; null or absent "
+            "lists every segment."
         ),
         examples=["Hero"],
     )
     min_value_at_risk: float = Field(
         default=0.0,
         ge=0.0,
+        le=1e15,
         description="Keep customers with value_at_risk >= this amount.",
         examples=[100.0],
     )
@@ -340,12 +383,20 @@ class ModelInfo(_Response):
         description="Registry URI it was loaded from.", examples=["models:/churn@champion"]
     )
     features: int = Field(description="Number of input features.", examples=[74])
+    registry_version: str | None = Field(
+        description=(
+            "The version holding the alias in the registry now (read-only check); it "
+            "differs from `version` after a new promotion until the service restarts. "
+            "Null when the registry cannot be read (see `registry_problem`)."
+        ),
+        examples=["3"],
+    )
 
 
 class Readiness(_Response):
-    """What the service loaded at start-up (GET /ready)."""
+    """What the service loaded at start-up, and the state of its stores (GET /ready)."""
 
-    status: Literal["ready"] = Field(description="Always `ready` when answered.")
+    status: Literal["ready"] = Field(description="Always `ready` when answered with 200.")
     models: dict[str, ModelInfo] = Field(description="The champion models, by name.")
     features_as_of: datetime | None = Field(
         description="As-of time of the latest stored feature snapshot at start-up.",
@@ -358,3 +409,136 @@ class Readiness(_Response):
         description="Whether the prediction endpoints require an API key."
     )
     max_ids: int = Field(description="Most ids (or rows) accepted per request.", examples=[500])
+    restart_needed: bool = Field(
+        description=(
+            "True when the registry now names other champion versions than the loaded "
+            "ones: the service keeps answering with the loaded models until restarted."
+        )
+    )
+    registry_problem: str | None = Field(
+        default=None,
+        description=(
+            "Why the registry could not be read, if so. The loaded models keep answering, "
+            "so this alone does not make the service unready."
+        ),
+    )
+
+
+class NotReady(BaseModel):
+    """GET /ready when the service cannot answer predictions (HTTP 503)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["unavailable"] = Field(description="Always `unavailable`.")
+    error: str = Field(
+        description="Why, naming the path and the command to run.",
+        examples=[
+            "online store /srv/engage/data/feast/online_store.db is missing: build it with "
+            "`engage features build`"
+        ],
+    )
+
+
+# --------------------------------------------------------------- caller-sent features
+
+# A plausible value per kind of feature, for the documented example row (it passes the
+# rules of features.catalog.value_rules, so posting the example gets predictions).
+_EXAMPLE_BY_KIND = {
+    "a flag": 1,
+    "a count": 2,
+    "a number of days": 12.5,
+    "a rate": 0.25,
+    "a trend": -0.2,
+    "a number of seconds": 340.0,
+    "an amount": 49.9,
+    "an NPS score": 8.0,
+}
+
+
+def feature_row_model(rules: dict[str, ValueRule]) -> type[BaseModel]:
+    """The pydantic model of one row of ``POST /predict_features``, from the value rules.
+
+    Every feature is required (a number, or null for "not observed") and carries its
+    rule: bounds, whole numbers for counts and flags. Unknown keys are rejected. The
+    OpenAPI schema therefore lists exactly the features the models need.
+    """
+    fields: dict[str, Any] = {}
+    for name, rule in rules.items():
+        kwargs: dict[str, Any] = {"ge": rule.low, "le": rule.high}
+        if rule.integer:
+            kwargs["multiple_of"] = 1
+        null = "; null when not observed" if rule.nullable else "; never null"
+        value = Annotated[
+            float | None if rule.nullable else float,
+            Field(
+                strict=True,
+                allow_inf_nan=False,
+                description=f"{rule.describe()}{null}",
+                **kwargs,
+            ),
+        ]
+        fields[name] = (value, ...)
+    return create_model(
+        "FeatureRow",
+        __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False),
+        __doc__="One contact's features: every feature the models need, by name.",
+        **fields,
+    )
+
+
+def feature_row_example(rules: dict[str, ValueRule]) -> dict[str, float]:
+    """A plausible row of every feature (within its rule): the documented example."""
+    return {n: _EXAMPLE_BY_KIND.get(r.kind, 0.0) for n, r in rules.items()}
+
+
+def predict_request_model(max_ids: int) -> type[BaseModel]:
+    """:class:`PredictRequest` with the most ids per request (``serving.max_ids``)."""
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequest,
+        __doc__=PredictRequest.__doc__,
+        customer_ids=(
+            list[CustomerId],
+            Field(
+                min_length=1,
+                max_length=max_ids,
+                description=PredictRequest.model_fields["customer_ids"].description,
+                examples=PredictRequest.model_fields["customer_ids"].examples,
+            ),
+        ),
+    )
+
+
+def predict_features_request_model(
+    row: type[BaseModel], example: dict, max_ids: int
+) -> type[BaseModel]:
+    """The ``POST /predict_features`` body model for rows of ``row``.
+
+    Args:
+        row: the model of one row (:func:`feature_row_model`).
+        example: a valid row, shown as the example of ``rows`` (one row).
+        max_ids: the most rows per request (``serving.max_ids``).
+
+    """
+    return create_model(
+        "PredictFeaturesRequest",
+        __base__=_Request,
+        __doc__="Score contacts from feature values sent by the caller (no Feast lookup).",
+        rows=(
+            list[row],
+            Field(
+                min_length=1,
+                max_length=max_ids,
+                description=(
+                    "1 to `serving.max_ids` rows (params.yaml; 500 by default), each with "
+                    "every feature the models need (GET /ready lists them) as a number in "
+                    "its range, or null (not observed) where the feature allows it. "
+                    "`has_purchased` is 0 or 1; counts are whole numbers, never null. A "
+                    "missing, unknown, ill-typed or out-of-range feature is a 400 naming it."
+                ),
+                examples=[[example]],
+            ),
+        ),
+        explain=(bool, _EXPLAIN),
+        top_k=(WholeNumber, _TOP_K),
+    )

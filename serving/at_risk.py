@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -25,7 +28,7 @@ import pyarrow.parquet as pq
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
-from serving.runs import RunInfo, find_run, read_run
+from serving.runs import RUN_GLOB, RunInfo, find_run, read_run
 from serving.segments import (
     AT_RISK,
     GHOST,
@@ -37,6 +40,8 @@ from serving.segments import (
     WAITING,
     normalise_segment,
 )
+
+MAX_LIMIT = 1000  # most contacts one /at_risk answer lists (the cache keeps this many)
 
 # Segment-specific actions, per stage; the stage's default applies otherwise. An
 # abandoned cart is the most concrete lever, so Waiting wins in every stage.
@@ -184,3 +189,100 @@ def to_json(frame: pd.DataFrame, info: RunInfo) -> str:
         )
     doc = {"run_id": info.run_id, "as_of": info.as_of.isoformat(), "contacts": rows}
     return json.dumps(doc, indent=2, default=str)
+
+
+class AtRiskCache:
+    """The latest scoring run's at-risk list in memory, rebuilt when a new run appears.
+
+    The service answers ``/at_risk`` from here instead of re-reading the run file on
+    every call. Kept: the top ``depth`` customers by value at risk overall and in each
+    segment, JSON-ready with their reasons and action, so any ``limit <= depth`` with
+    any segment and minimum value is a slice. The scores folder is looked at (names,
+    sizes, modification times) at most every ``check_every_s`` seconds; a new, replaced
+    or removed run file rebuilds the cache from the latest run. Thread-safe.
+
+    Args:
+        paths: resolved locations (the scores folder).
+        depth: contacts kept per list, the largest ``limit`` served.
+        check_every_s: how often the folder is looked at.
+
+    """
+
+    def __init__(self, paths: Paths, depth: int = MAX_LIMIT, check_every_s: float = 1.0) -> None:
+        self.paths, self.depth, self.check_every_s = paths, depth, check_every_s
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._checked = -math.inf
+        self._info: RunInfo | None = None
+        self._lists: dict[str | None, list[dict]] = {}
+        self.builds = 0  # how many times a run was read (tests, metrics)
+
+    def _folder_key(self) -> tuple:
+        out = []
+        for p in self.paths.scores_dir.glob(RUN_GLOB):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # replaced between the listing and the stat
+            out.append((p.name, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(out))
+
+    def get(
+        self, limit: int, segment: str | None = None, min_value_at_risk: float = 0.0
+    ) -> tuple[RunInfo, list[dict]]:
+        """The top ``limit`` customers of the latest run (optionally one segment).
+
+        Args:
+            limit: 1 to ``depth`` contacts.
+            segment: a segment name of :data:`serving.segments.SEGMENTS`, or None.
+            min_value_at_risk: keep contacts with at least this value at risk.
+
+        Raises:
+            ValueError: ``limit`` outside 1..depth, or an unknown segment.
+            LookupError: no scoring run is stored.
+
+        """
+        if not 1 <= limit <= self.depth:
+            raise ValueError(f"limit must be from 1 to {self.depth}, got {limit}")
+        wanted = normalise_segment(segment) if segment is not None else None
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= self.check_every_s or self._info is None:
+                key = self._folder_key()
+                if key != self._key or self._info is None:
+                    self._build(key)
+                self._checked = now
+            info, rows = self._info, self._lists.get(wanted, [])
+        # Sorted by value at risk, so the kept contacts are a prefix of the list.
+        picked = []
+        for row in rows:
+            if len(picked) == limit or row["value_at_risk"] < min_value_at_risk:
+                break
+            picked.append(row)
+        return info, picked
+
+    def _build(self, key: tuple) -> None:
+        info = find_run(self.paths)
+        columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
+        _, runs = read_run(self.paths, info.run_id, columns=[*columns, "value_at_risk"])
+        customers = runs.loc[runs["has_purchased"] == 1].drop(columns="has_purchased")
+        ranked = customers.sort_values("value_at_risk", ascending=False, kind="stable")
+        tops = {None: ranked.head(self.depth)}
+        for name, group in ranked.groupby("segment", sort=False):
+            tops[str(name)] = group.head(self.depth)
+        rows = np.unique(np.concatenate([t.index.to_numpy() for t in tops.values()]))
+        reasons = dict(zip(rows.tolist(), reasons_of(info, rows), strict=True))
+        lists: dict[str | None, list[dict]] = {}
+        for name, top in tops.items():
+            out = []
+            for i, rec in zip(top.index.tolist(), top.to_dict(orient="records"), strict=True):
+                rec = {
+                    k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in rec.items()
+                }
+                rec["reasons"] = reasons[i]
+                rec["action"] = suggested_action(rec["stage"], rec["segment"])
+                out.append(rec)
+            lists[name] = out
+        self._info, self._lists, self._key = info, lists, key
+        self.builds += 1

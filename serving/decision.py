@@ -133,7 +133,7 @@ def decide(
     """
     n = X.shape[0]
     half = X[:, layout.columns[HALF]]
-    bad = np.flatnonzero(~np.isin(half, (0.0, 1.0)))
+    bad = np.flatnonzero((half != 0.0) & (half != 1.0))
     if len(bad):
         raise DecisionInputError(
             f"{HALF} must be 0 or 1 ({len(bad)} row(s), e.g. rows {bad[:10].tolist()})"

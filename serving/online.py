@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +37,8 @@ import numpy as np
 
 from engage.config import Params, Paths
 from engage.specs import MODEL_NAMES
-from features.catalog import ENTITY_KEY, SNAPSHOT_TIME
+from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, ValueRule, value_rules
+from features.online_store import OnlineStoreUnavailable
 from features.snapshots import pick_snapshot
 from serving.champions import Champions, load_champions, make_explainers, typical_by_half
 from serving.decision import HALF, DecisionInputError, Layout, decide
@@ -76,6 +78,13 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StoreUnavailable(RequestError):
+    """A store the answer needs cannot be read now (HTTP 503); the message names it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=503)
 
 
 @dataclass
@@ -136,8 +145,12 @@ class OnlinePredictor:
             from the MLflow registry).
         store: a Feast ``FeatureStore`` (default: :func:`features.store.get_store`).
 
+    The stores are only read: the champions through a read-only registry query
+    (:func:`training.registry.load_model`), the Feast registry and online store through
+    :func:`features.store.open_store_read_only` (nothing is created when missing).
+
     Raises:
-        LookupError: a model has no champion.
+        LookupError: a model has no champion, or a store is missing.
         FileNotFoundError: no feature snapshot (the explainers' typical values).
         ValueError: the feature services do not provide a needed feature.
 
@@ -150,12 +163,12 @@ class OnlinePredictor:
         champions: Champions | None = None,
         store=None,
     ) -> None:
-        from features.store import get_store
+        from features.store import open_store_read_only
 
         self.paths, self.params = paths, params
         self.champions = champions or load_champions(paths, params)
         self.versions = dict(self.champions.versions)
-        self.store = store if store is not None else get_store(paths)
+        self.store = store if store is not None else open_store_read_only(paths)
         snapshot = pick_snapshot(paths.features_dir)
         self.snapshot_as_of = snapshot.as_of
         typical = typical_by_half(snapshot.path, self.champions.features)
@@ -169,6 +182,8 @@ class OnlinePredictor:
         self._direct = self._direct_plan()
         self._previous: PreviousStages | None = None
         self._previous_key: tuple | None = None
+        catalog = value_rules(params)
+        self.rules: dict[str, ValueRule] = {n: catalog[n] for n in self.inputs if n in catalog}
 
     # --------------------------------------------------------------- previous stages
 
@@ -246,7 +261,17 @@ class OnlinePredictor:
             The input matrix (ids x :attr:`inputs`, float64, NaN = null) and the snapshot
             time of each row in epoch seconds (NaN for an id without features).
 
+        Raises:
+            StoreUnavailable: the online store cannot be read (missing, corrupt, or its
+                tables changed under the service).
+
         """
+        try:
+            return self._lookup(customer_ids)
+        except (OnlineStoreUnavailable, sqlite3.Error) as err:
+            raise StoreUnavailable(str(err)) from None
+
+    def _lookup(self, customer_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         n = len(customer_ids)
         X = np.full((n, len(self.inputs)), np.nan)
         as_of = np.full(n, np.nan)
@@ -275,6 +300,37 @@ class OnlinePredictor:
             elif name == SNAPSHOT_TIME:
                 as_of = np.asarray(values, dtype="float64")
         return X, as_of
+
+    def probe(self) -> None:
+        """A cheap real read of the online store, what every ``/predict`` needs.
+
+        With the packed store: a fresh read-only connection, each view's layout and one
+        row (:meth:`~features.online_store.PackedSqliteOnlineStore.probe`); otherwise a
+        lookup of one id through the Feast SDK.
+
+        Raises:
+            StoreUnavailable: the online store cannot be read (the message says why).
+
+        """
+        try:
+            if self._direct is not None:
+                online, plan = self._direct
+                online.probe(self.store.config, [view for view, *_ in plan])
+            else:
+                self._lookup(["__engage_readiness_probe__"])
+        except (OnlineStoreUnavailable, sqlite3.Error) as err:
+            raise StoreUnavailable(str(err)) from None
+
+    def warm_up(self) -> None:
+        """One lookup and one scored row per half, so the first request is not slower.
+
+        The first call of the compiled TreeSHAP loop, of each booster and of the online
+        store (its connection) costs far more than the next ones.
+        """
+        X = np.zeros((2, len(self.inputs)))
+        X[:, self._half] = (0.0, 1.0)
+        self.score_matrix(X, explain=True, top_k=3)
+        self.lookup(["__engage_warm_up__"])
 
     # ------------------------------------------------------------------------ scoring
 
@@ -343,7 +399,12 @@ class OnlinePredictor:
         error: it is a new prospect, placed in Nurture / New with null probabilities.
         """
         X, as_of = self.lookup(customer_ids)
-        known = ~np.isnan(as_of) & np.isin(X[:, self._half], (0.0, 1.0))
+        half = X[:, self._half]
+        known = ~np.isnan(as_of) & ((half == 0.0) | (half == 1.0))
+        if known.all():  # the usual case: no placeholders to merge
+            scored = self.score_matrix(X, explain, top_k)
+            scored.as_of_s = as_of
+            return scored
         n = len(customer_ids)
         out = Scored(
             known=known,
@@ -386,11 +447,13 @@ class OnlinePredictor:
         return out
 
     def rows_matrix(self, rows: Sequence[Mapping[str, float | None]]) -> np.ndarray:
-        """Caller-sent feature rows as the input matrix.
+        """Caller-sent feature rows as the input matrix, checked against the value rules.
 
         Raises:
             RequestError: a row lacks a needed feature or has an unknown one (the message
-                names them and the row), or a value is not a finite number or null.
+                names them and the row), a value is not a finite number or null, or
+                values break a feature's rule (:func:`features.catalog.value_rules`: the
+                message names each feature, its rule and how many rows break it).
 
         """
         expected = set(self.inputs)
@@ -414,7 +477,56 @@ class OnlinePredictor:
                 if not math.isfinite(value):
                     raise RequestError(f"rows[{i}].{name}: must be finite (got {value})")
                 X[i, self._col[name]] = value
+        problems = rule_violations(X, self.inputs, self.rules)
+        if problems:
+            raise RequestError("; ".join(problems))
         return X
 
 
-__all__ = ["NOW_ENV", "OnlinePredictor", "RequestError", "Scored", "parse_now"]
+def _shown(v: float) -> str:
+    return "null" if math.isnan(v) else f"{v:g}"
+
+
+def rule_violations(
+    X: np.ndarray, names: Sequence[str], rules: Mapping[str, ValueRule], most: int = 5
+) -> list[str]:
+    """One line per feature of ``X`` whose values break its rule.
+
+    NaN is a null: allowed unless the rule is not ``nullable``. Each line names the
+    feature, the rule, the number of rows breaking it and the first ones, e.g.
+    ``purchases_30d: must be a count: a whole number from 0 to 10,000,000, never null;
+    2 row(s) break it (rows[0] = -1, rows[3] = 2.5)``. At most ``most`` features are
+    listed, then how many more.
+    """
+    out = []
+    for j, name in enumerate(names):
+        rule = rules.get(name)
+        if rule is None:
+            continue
+        col = X[:, j]
+        bad = (col < rule.low) | (col > rule.high)
+        if rule.integer:
+            bad |= np.isfinite(col) & (col != np.floor(col))
+        if not rule.nullable:
+            bad |= np.isnan(col)
+        rows = np.flatnonzero(bad)
+        if len(rows):
+            shown = ", ".join(f"rows[{i}] = {_shown(col[i])}" for i in rows[:3].tolist())
+            never = "" if rule.nullable else ", never null"
+            out.append(
+                f"{name}: must be {rule.describe()}{never}; {len(rows)} row(s) break it ({shown})"
+            )
+    if len(out) > most:
+        out = [*out[:most], f"and {len(out) - most} more feature(s)"]
+    return out
+
+
+__all__ = [
+    "NOW_ENV",
+    "OnlinePredictor",
+    "RequestError",
+    "Scored",
+    "StoreUnavailable",
+    "parse_now",
+    "rule_violations",
+]

@@ -257,19 +257,21 @@ def test_predict_features_rejects_bad_features(client, feature_rows):
     missing = {k: v for k, v in row.items() if k != name}
     resp = post(missing)
     assert resp.status_code == 400 and name in resp.json()["error"]
-    assert "rows[1]" in resp.json()["error"]
+    assert f"rows.*.{name}: Field required (1 item(s): rows.1)" in resp.json()["error"]
 
     resp = post({**row, "favourite_colour": 1.0})
     assert resp.status_code == 400 and "favourite_colour" in resp.json()["error"]
 
     resp = post({**row, name: "12"})
-    assert resp.status_code == 400 and f"rows.1.{name}" in resp.json()["error"]
+    assert resp.status_code == 400 and f"rows.*.{name}" in resp.json()["error"]
+    assert "(1 item(s): rows.1)" in resp.json()["error"]
 
     resp = post({**row, name: True})
-    assert resp.status_code == 400 and f"rows.1.{name}" in resp.json()["error"]
+    assert resp.status_code == 400 and f"rows.*.{name}" in resp.json()["error"]
 
     resp = post({**row, "has_purchased": 2.0})
     assert resp.status_code == 400 and "has_purchased" in resp.json()["error"]
+    assert "less than or equal to 1" in resp.json()["error"]
 
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
         body = json.dumps({"rows": [row]}).replace(
@@ -278,7 +280,7 @@ def test_predict_features_rejects_bad_features(client, feature_rows):
         assert literal in body
         resp = _raw(client, "/predict_features", body.encode())
         assert resp.status_code == 400, literal
-        assert f"rows.0.{name}" in resp.json()["error"], literal
+        assert f"rows.*.{name}" in resp.json()["error"], literal
 
 
 # ------------------------------------------------------------------ bad requests
@@ -306,7 +308,7 @@ BAD_REQUESTS = [
     ("rows not dicts", "/predict_features", b'{"rows": [1]}', {}, 400, "rows.0"),
     ("limit negative", "/at_risk", b'{"limit": -1}', {}, 400, "limit"),
     ("min value NaN", "/at_risk", b'{"min_value_at_risk": NaN}', {}, 400, "min_value_at_risk"),
-    ("bad segment", "/at_risk", b'{"segment": "Vampire"}', {}, 400, "unknown segment"),
+    ("bad segment", "/at_risk", b'{"segment": "Vampire"}', {}, 400, "segment: Input should be"),
     (
         "wrong content type",
         "/predict",
@@ -390,9 +392,12 @@ def test_at_risk_lists_the_latest_run(client, pipeline, batch):
     assert [c["value_at_risk"] for c in resp.json()["contacts"]] == values[:3]
 
     segment = body["contacts"][0]["segment"]
-    resp = client.post("/at_risk", json={"limit": 3, "segment": segment.lower()})
+    resp = client.post("/at_risk", json={"limit": 3, "segment": segment})
     assert resp.status_code == 200
     assert {c["segment"] for c in resp.json()["contacts"]} == {segment}
+    # The documented enum: segment names exactly as spelled.
+    resp = client.post("/at_risk", json={"limit": 3, "segment": segment.upper()})
+    assert resp.status_code == 400 and "segment" in resp.json()["error"]
 
 
 # --------------------------------------------------------- API key and stale flag
@@ -499,8 +504,13 @@ def test_engage_serve_binds_loopback_by_default(monkeypatch, tmp_path):
         def wait(self, timeout=None):
             return 0
 
+    class Loaded:  # what the preflight returns once the stores check out
+        versions = {"churn": "1", "appetence": "1"}
+        snapshot_as_of = "2026-01-01"
+
     monkeypatch.setenv("ENGAGE_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(serve_module.subprocess, "Popen", FakeChild)
+    monkeypatch.setattr("serving.startup.preflight", lambda paths, params: Loaded())
     result = CliRunner().invoke(app, ["serve", "--port", "3999"])
     assert result.exit_code == 0, result.output
     ((cmd, env),) = started
@@ -508,3 +518,4 @@ def test_engage_serve_binds_loopback_by_default(monkeypatch, tmp_path):
     assert cmd[cmd.index("--port") + 1] == "3999"
     assert cmd[cmd.index("serve") + 1] == "serving.service:EngageService"
     assert env["ENGAGE_DATA_DIR"] == str(tmp_path)
+    assert env["ENGAGE_MLRUNS_DIR"] == str(tmp_path / "mlruns")

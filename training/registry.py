@@ -7,20 +7,31 @@ of the current directory). A training run holds ``metrics.json``, ``plots/*.png`
 held-out predictions ``test_predictions.parquet`` and the model (models-from-code pyfunc
 whose artifact ``model_dir`` holds ``booster.txt`` and ``model.json``). Every other module
 reads them through the functions here.
+
+Loading is **read-only**: :func:`load_model` and :func:`champion_version` read the
+registry tables of ``mlflow.db`` through a read-only SQLite connection (``mode=ro``) and
+the model files in place, without MLflow's store initialisation, which would create the
+folder, the database and its tables, or migrate an older schema. A missing store, a file
+that is not a SQLite database, a store without registry tables or without the alias is a
+:class:`RegistryUnavailable` error naming the path and the command to run. Writing
+(:func:`setup_mlflow`, :func:`log_model`) is for training only.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 import yaml
 
 from engage.config import Paths
+from engage.readonly import readonly_sqlite
 from features.catalog import TIMESTAMP
 from training.model import EngageModel, read_model_dir, write_model_dir
 
@@ -34,6 +45,9 @@ MODEL_DIR_ARTIFACT = "model_dir"  # the pyfunc artifact holding booster.txt + mo
 HELD_OUT = "test_predictions.parquet"
 METRICS = "metrics.json"
 PLOTS = "plots"
+MLFLOW_DB = "mlflow.db"
+# What the read-only loader needs of MLflow's schema (present since MLflow 2.3).
+REGISTRY_TABLES = ("registered_models", "model_versions", "registered_model_aliases")
 _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 _SHIPPED_MODULE = "engage_stored_model.py"  # training/model.py inside each logged model
 
@@ -145,18 +159,156 @@ def _local_model_dir(ref: ModelRef, tmp: Path) -> Path:
     return root / rel
 
 
+class RegistryUnavailable(LookupError):
+    """The MLflow store cannot answer a read: missing, not a database, or incomplete.
+
+    The message names the path and what to run (``engage train``).
+    """
+
+
+def mlflow_db(paths: Paths) -> Path:
+    """The SQLite file of the MLflow store."""
+    return paths.mlruns_dir / MLFLOW_DB
+
+
+def open_registry(paths: Paths) -> sqlite3.Connection:
+    """A read-only connection to the MLflow store, checked for the registry tables.
+
+    Nothing is created or migrated: MLflow's own client would create the database and
+    its tables on first use, which is how an empty store used to appear at start-up.
+
+    Raises:
+        RegistryUnavailable: no database file, not a SQLite database, or no registry
+            tables (the message names the path and the command to run).
+
+    """
+    db = mlflow_db(paths)
+    try:
+        con = readonly_sqlite(db)
+    except FileNotFoundError:
+        raise RegistryUnavailable(
+            f"no MLflow store at {db}: train the models first (`engage train` or `engage run`)"
+        ) from None
+    except sqlite3.Error as err:
+        raise RegistryUnavailable(f"MLflow store {db}: cannot open it read-only ({err})") from None
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as err:
+        con.close()
+        raise RegistryUnavailable(
+            f"MLflow store {db} is not a readable SQLite database ({err}): restore it from a "
+            "backup, or train again into an empty store (`engage train`)"
+        ) from None
+    missing = [t for t in REGISTRY_TABLES if t not in tables]
+    if missing:
+        con.close()
+        raise RegistryUnavailable(
+            f"MLflow store {db} has no model registry (tables {missing} missing): train the "
+            "models first (`engage train`)"
+        )
+    return con
+
+
+def _columns(con: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+
+
+def champion_ref(paths: Paths, name: str, alias: str = CHAMPION) -> ModelRef:
+    """The version holding ``alias`` of model ``name``, read without writing anything.
+
+    ``source`` is where the logged model's files are (MLflow's ``storage_location``).
+
+    Raises:
+        RegistryUnavailable: the store cannot be read, or no version holds the alias.
+
+    """
+    con = open_registry(paths)
+    try:
+        return _champion_ref(con, paths, name, alias)
+    except sqlite3.DatabaseError as err:
+        raise RegistryUnavailable(
+            f"MLflow store {mlflow_db(paths)}: cannot read the registry ({err})"
+        ) from None
+    finally:
+        con.close()
+
+
+def _champion_ref(con: sqlite3.Connection, paths: Paths, name: str, alias: str) -> ModelRef:
+    # Multi-workspace stores key rows by workspace too: prefer the default one.
+    ws = "workspace" in _columns(con, "registered_model_aliases")
+    order = " ORDER BY (a.workspace = 'default') DESC" if ws else ""
+    join = " AND v.workspace = a.workspace" if ws else ""
+    stored = "storage_location" in _columns(con, "model_versions")
+    location = "v.storage_location" if stored else "NULL"
+    row = con.execute(
+        f"SELECT v.version, v.run_id, v.source, {location}, v.status "
+        "FROM registered_model_aliases a JOIN model_versions v "
+        f"ON v.name = a.name AND v.version = a.version{join} "
+        f"WHERE a.name = ? AND a.alias = ?{order} LIMIT 1",
+        (name, alias),
+    ).fetchone()
+    if row is None:
+        raise RegistryUnavailable(
+            f"no {name!r} model with alias {alias!r} in {mlflow_db(paths)}: run `engage train`"
+        )
+    version, run_id, source, storage, status = row
+    if status not in (None, "READY"):
+        raise RegistryUnavailable(
+            f"{name} v{version} (alias {alias!r}) is {status}, not READY, in {mlflow_db(paths)}"
+        )
+    return ModelRef(name, str(version), run_id or "", storage or source or "")
+
+
+def champion_version(paths: Paths, name: str, alias: str = CHAMPION) -> str:
+    """The version holding ``alias`` (read-only; see :func:`champion_ref`)."""
+    return champion_ref(paths, name, alias).version
+
+
+def local_model_dir(ref: ModelRef) -> Path:
+    """The folder of ``booster.txt`` and ``model.json`` of a model stored on local disk.
+
+    Raises:
+        RegistryUnavailable: the logged model's files are gone.
+        LookupError: the logged model is not an engage model.
+
+    """
+    parts = urlsplit(ref.source)
+    root = Path(unquote(parts.path))
+    mlmodel = root / "MLmodel"
+    if not mlmodel.is_file():
+        raise RegistryUnavailable(
+            f"{ref.name} v{ref.version}: its model files are missing ({mlmodel} not found); "
+            "the artifact store was moved or deleted: train again (`engage train`)"
+        )
+    try:
+        doc = yaml.safe_load(mlmodel.read_text())
+        rel = doc["flavors"]["python_function"]["artifacts"][MODEL_DIR_ARTIFACT]["path"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise LookupError(
+            f"{ref.name} v{ref.version}: not an engage model (no {MODEL_DIR_ARTIFACT!r} "
+            f"artifact in {mlmodel}; models from before the text/JSON format must be retrained)"
+        ) from None
+    return root / rel
+
+
 def load_model(paths: Paths, name: str, alias: str = CHAMPION) -> tuple[EngageModel, str]:
     """Load ``models:/<name>@<alias>`` from its text and JSON files; returns (model, version).
 
-    Nothing is unpickled and no artifact code runs (see :mod:`training.model`).
+    Nothing is unpickled and no artifact code runs (see :mod:`training.model`), and the
+    MLflow store is only read (see the module docstring): a missing or broken store is
+    reported, never created. Models in a local artifact store (``file:``, what this
+    project writes) are read in place; another scheme is downloaded by MLflow's artifact
+    client, which does not touch the tracking store.
 
     Raises:
-        LookupError: no version has the alias (train first), or it is not an engage model.
+        LookupError: no version has the alias (train first), it is not an engage model,
+            or the store cannot be read (:class:`RegistryUnavailable`).
         training.model.ModelFormatError: the stored files are invalid.
 
     """
-    client = setup_mlflow(paths)
-    ref = resolve(client, paths, name, alias)
+    ref = champion_ref(paths, name, alias)
+    if urlsplit(ref.source).scheme in ("", "file"):
+        return read_model_dir(local_model_dir(ref)), ref.version
     with tempfile.TemporaryDirectory() as tmp:
         model = read_model_dir(_local_model_dir(ref, Path(tmp)))
     return model, ref.version
@@ -177,9 +329,11 @@ def held_out_predictions(paths: Paths, name: str) -> tuple[pd.DataFrame, str]:
     Columns: ``customer_id``, ``event_timestamp`` (the as-of time), ``label``, ``p``.
 
     Raises:
-        LookupError: no champion, or its run has no held-out predictions.
+        LookupError: no champion, or its run has no held-out predictions, or no readable
+            MLflow store (nothing is created in its place).
 
     """
+    open_registry(paths).close()
     client = setup_mlflow(paths)
     ref = resolve(client, paths, name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +355,17 @@ class ChampionRun:
 
 
 def champion_runs(paths: Paths, names: tuple[str, ...]) -> list[ChampionRun]:
-    """The training runs of the champions among ``names`` (models without one skipped)."""
+    """The training runs of the champions among ``names`` (models without one skipped).
+
+    Without an MLflow store there is no champion: nothing is created in its place.
+
+    Raises:
+        RegistryUnavailable: the store exists but cannot be read.
+
+    """
+    if not mlflow_db(paths).exists():
+        return []
+    open_registry(paths).close()
     client = setup_mlflow(paths)
     out = []
     for name in names:
