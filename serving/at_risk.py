@@ -7,12 +7,12 @@ Each row carries its top 3 reasons and a suggested action (:func:`suggested_acti
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pandas as pd
 
+from engage import exports
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
@@ -125,12 +125,14 @@ def _reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
 
 
 def to_csv(frame: pd.DataFrame) -> str:
-    """The list as CSV (reasons joined by " | ")."""
+    """The list as CSV (reasons joined by " | "), safe to open in a spreadsheet.
+
+    Text cells that a spreadsheet would run as a formula (``=...``, ``+...``, ``@...``)
+    get a leading ``'`` (:mod:`engage.exports`); numbers are left as numbers.
+    """
     out = frame.copy()
     out["reasons"] = [" | ".join(r) for r in out["reasons"]]
-    buf = io.StringIO()
-    out.to_csv(buf, index=False, float_format="%.4f")
-    return buf.getvalue()
+    return exports.to_csv(out, float_format="%.4f")
 
 
 def to_json(frame: pd.DataFrame, info: RunInfo) -> str:
