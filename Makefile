@@ -13,7 +13,7 @@ PORT ?= 8888
 FEAST_DATA_DIR ?= $(or $(ENGAGE_DATA_DIR),data)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test test-fast lint format mlflow-ui feast-ui serve clean
+.PHONY: help venv install install-dev run test test-fast test-reliability lint format mlflow-ui feast-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
 test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about a minute)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-reliability: $(DEV_STAMP) ## kill every batch step at every kill point and rerun (~30 min)
+	$(BIN)/python -m pytest -q -m reliability_heavy
 
 lint: $(DEV_STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

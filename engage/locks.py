@@ -90,7 +90,7 @@ def holders(folder: Path, name: str) -> list[dict]:
 
 
 def _describe(folder: Path, name: str) -> str:
-    found = [h for h in holders(folder, name) if h.get("pid") != os.getpid()]
+    found = holders(folder, name)
     if not found:
         return "another process"
     return "; ".join(

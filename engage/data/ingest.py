@@ -139,7 +139,7 @@ def _check_encoding(path: Path, encoding: str) -> str:
                 lines += data[: max(0, err.start)].count(b"\n")
                 bad = data[err.start : err.start + 4]
                 raise ValueError(
-                    f"{path}: byte {at:,} (line {lines}) is not valid {encoding}: {bad!r}. "
+                    f"{path}: byte offset {at:,} (line {lines}) is not valid {encoding}: {bad!r}. "
                     "If the file was saved as Latin-1 or Windows-1252, pass --encoding "
                     "latin-1 (or cp1252)"
                 ) from None
@@ -251,9 +251,14 @@ def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
     renamed = df.drop(columns=shadowed).rename(columns=mapping)
     missing = [field for field in REQUIRED_EVENT_COLUMNS if field not in renamed.columns]
     if missing:
+        hint = ""
+        if len(df.columns) == 1:
+            found = [name for sep, name in SEPARATORS.items() if sep in str(df.columns[0])]
+            if found:
+                hint = f" (the file has a single column: is it {found[0]}-separated? use --sep)"
         raise ValueError(
             f"required fields missing: {', '.join(missing)}; "
-            "map a column of the file to each with their_column=field"
+            f"map a column of the file to each with their_column=field{hint}"
         )
     return renamed[[field for field in FIELDS if field in renamed.columns]]
 
