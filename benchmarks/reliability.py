@@ -274,6 +274,25 @@ def features_state(data_dir: Path) -> dict[str, str]:
     return state
 
 
+def models_readable(data_dir: Path) -> dict[str, str]:
+    """The MLflow store opens and every champion it has loads (a killed first training
+    may leave none yet: that is not damage)."""
+    from mlflow.entities import ViewType
+
+    from training.registry import alias_version, load_model, setup_mlflow
+
+    _, paths = _paths(data_dir)
+    state = {}
+    with data_dir_env(data_dir):
+        client = setup_mlflow(paths)
+        for registered in client.search_registered_models():
+            if alias_version(client, registered.name) is not None:
+                state[registered.name] = load_model(paths, registered.name)[1]
+        ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        state["runs"] = str(len(client.search_runs(ids, "", ViewType.ALL)))
+    return state
+
+
 def models_state(data_dir: Path) -> dict[str, str]:
     """The champions' predictions on the latest snapshot (and no run left RUNNING)."""
     from mlflow.entities import ViewType
@@ -320,6 +339,8 @@ class Step:
     args: tuple[str, ...]  # "{data}" stands for the data dir
     state: Callable[[Path], dict[str, str]]
     points: tuple[str, ...]
+    # What "readable after a kill" checks, when not the full state.
+    readable: Callable[[Path], dict[str, str]] | None = None
 
     def command(self, data_dir: Path) -> list[str]:
         return [a.replace("{data}", str(data_dir)) for a in self.args]
@@ -356,6 +377,7 @@ STEPS = {
         ("train",),
         models_state,
         ("train:log_model", "train:registered", "train:between_models"),
+        models_readable,
     ),
     "score": Step(
         "score",
@@ -431,7 +453,7 @@ class Bench:
         detail = ""
         try:
             broken = complete_parquet_files(look)
-            spec.state(look)
+            (spec.readable or spec.state)(look)
             readable = not broken
             detail = f"torn files: {broken}" if broken else ""
         except Exception as err:  # noqa: BLE001 - any failure to read is the finding

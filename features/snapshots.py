@@ -161,6 +161,7 @@ class SnapshotSet:
     features_dir: Path
     staged: dict[pd.Timestamp, Path] = field(default_factory=dict)
     rows: dict[pd.Timestamp, int] = field(default_factory=dict)
+    committing: bool = False
 
     def write(self, table: pa.Table, as_of: pd.Timestamp, use_dictionary: list[str]) -> Path:
         """Stage the snapshot at ``as_of`` (a temporary file); returns its final path."""
@@ -207,6 +208,7 @@ class SnapshotSet:
         ]
         # The manifest goes last: a reader of the folder sees it change once every file
         # of the set is in place.
+        self.committing = True
         journal.commit(
             journal_path(self.features_dir),
             [*renames, (tmp_manifest, manifest)],
@@ -217,7 +219,13 @@ class SnapshotSet:
         return [Snapshot(t, snapshot_path(self.features_dir, t)) for t in times]
 
     def discard(self) -> None:
-        """Delete the staged files (the build failed)."""
+        """Delete the staged files (the build failed before its commit).
+
+        Once the commit has started, the journal names them: they are left for
+        :func:`recover` to finish the commit.
+        """
+        if self.committing:
+            return
         for tmp in self.staged.values():
             tmp.unlink(missing_ok=True)
         self.staged.clear()

@@ -36,7 +36,7 @@ import pandas as pd
 
 from engage.config import Paths, ServingParams
 from features.catalog import ENTITY_KEY
-from serving.runs import RunInfo, find_run, list_runs
+from serving.runs import RunInfo, check_run_id, find_run, list_runs
 
 LEDGER = "webhook_ledger.json"
 _COLUMNS = [ENTITY_KEY, "stage", "segment", "p_purchase", "p_churn", "value_at_risk"]
@@ -126,9 +126,12 @@ def stage_transitions(
 
     Raises:
         LookupError: fewer than two runs, or an unknown run id.
-        ValueError: both ids name the same run.
+        ValueError: both ids name the same run, or an id is not a valid run id.
 
     """
+    for run_id in (from_run, to_run):
+        if run_id is not None:
+            check_run_id(run_id)
     runs = list_runs(paths)
     later = find_run(paths, to_run)
     if from_run is None:

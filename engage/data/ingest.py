@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -206,19 +207,29 @@ def read_user_file(
         codec = _check_encoding(path, encoding or DEFAULT_ENCODING)
         sep = sep or _detect_separator(path, codec)
         try:
-            df = pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding=codec,
-                sep=sep,
-                engine="c",
-            )
+            with warnings.catch_warnings():
+                # pandas drops the extra cells of rows longer than the header with only a
+                # warning (or, without index_col=False, shifts every column): refuse.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(
+                    path,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_filter=False,
+                    encoding=codec,
+                    sep=sep,
+                    engine="c",
+                    index_col=False,
+                )
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path} is empty: expected a header line and rows") from None
         except pd.errors.ParserError as err:
             raise ValueError(f"{path}: malformed CSV ({str(err).strip()})") from None
+        except pd.errors.ParserWarning:
+            raise ValueError(
+                f"{path}: malformed CSV (rows with more fields than the header; quote values "
+                "that contain the separator, or give --sep)"
+            ) from None
         df.attrs["sep"] = sep
     else:
         try:

@@ -78,6 +78,7 @@ class Write:
 
     events_path: Path
     renames: list[tuple[Path, Path]] = field(default_factory=list)
+    committing: bool = False
 
     def stage(self, final: Path) -> Path:
         """The temporary file to write for ``final`` (published by :meth:`commit`)."""
@@ -95,10 +96,17 @@ class Write:
 
     def commit(self, fault: str | None = None) -> None:
         """Publish every staged file at once (see :func:`engage.journal.commit`)."""
+        self.committing = True
         journal.commit(journal_path(self.events_path), self.renames, fault=fault)
 
     def discard(self) -> None:
-        """Delete the staged files (the write is abandoned)."""
+        """Delete the staged files (the write is abandoned before its commit).
+
+        Once the commit has started the journal may name them: they are left for
+        :func:`engage.journal.recover` to finish the commit.
+        """
+        if self.committing:
+            return
         for tmp, _ in self.renames:
             Path(tmp).unlink(missing_ok=True)
 
