@@ -316,6 +316,14 @@ def models_state(data_dir: Path) -> dict[str, str]:
     return state
 
 
+def scores_readable(data_dir: Path) -> dict[str, str]:
+    """Every stored run opens (a killed first run may leave none yet)."""
+    from serving.runs import list_runs
+
+    _, paths = _paths(data_dir)
+    return {r.run_id: str(pq.read_table(r.path).num_rows) for r in list_runs(paths)}
+
+
 def scores_state(data_dir: Path) -> dict[str, str]:
     """The scoring run's rows and metadata (without its scoring time)."""
     from serving.runs import META_KEY, find_run
@@ -384,6 +392,7 @@ STEPS = {
         ("score", "--run-id", RUN_ID),
         scores_state,
         ("score:batch_written#2", "score:before_rename"),
+        scores_readable,
     ),
 }
 ORDER = ("ingest", "features", "train", "score")
@@ -473,7 +482,7 @@ class Bench:
         """``n`` kills at random times within the reference run's duration."""
         rng = random.Random(seed)
         total = self.seconds.get(step) or 10.0
-        return [self.case(step, None, kill_after=rng.uniform(0.3, 1.0) * total) for _ in range(n)]
+        return [self.case(step, None, kill_after=rng.uniform(0.2, 0.9) * total) for _ in range(n)]
 
 
 def matrix_markdown(cases: list[Case]) -> str:

@@ -126,11 +126,16 @@ def local_artifact_uri(paths: Paths, uri: str) -> str:
     if parts.scheme != "file":
         return uri
     recorded = Path(unquote(parts.path))
-    if recorded.exists() or "artifacts" not in recorded.parts:
+    if recorded.exists():
         return uri
-    rest = recorded.parts[len(recorded.parts) - recorded.parts[::-1].index("artifacts") :]
-    local = (paths.mlruns_dir / "artifacts").joinpath(*rest)
-    return local.resolve().as_uri() if local.exists() else uri
+    # "artifacts" may appear again further down (a logged model's own folder): try each
+    # occurrence from the left, i.e. the artifact root first.
+    for i, part in enumerate(recorded.parts):
+        if part == "artifacts":
+            local = (paths.mlruns_dir / "artifacts").joinpath(*recorded.parts[i + 1 :])
+            if local.exists():
+                return local.resolve().as_uri()
+    return uri
 
 
 def setup_mlflow(paths: Paths):
