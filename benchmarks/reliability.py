@@ -482,7 +482,7 @@ class Bench:
         """``n`` kills at random times within the reference run's duration."""
         rng = random.Random(seed)
         total = self.seconds.get(step) or 10.0
-        return [self.case(step, None, kill_after=rng.uniform(0.2, 0.9) * total) for _ in range(n)]
+        return [self.case(step, None, kill_after=rng.uniform(0.2, 0.6) * total) for _ in range(n)]
 
 
 def matrix_markdown(cases: list[Case]) -> str:
