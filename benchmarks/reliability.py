@@ -219,8 +219,9 @@ def events_state(data_dir: Path) -> dict[str, str]:
         "customers": _digest(customers),
         "log": hashlib.sha256(
             # Not when (at) nor from which copy of the file (source): what was written.
-            json.dumps([{k: v for k, v in e.items() if k not in ("at", "source")} for e in log])
-            .encode()
+            json.dumps(
+                [{k: v for k, v in e.items() if k not in ("at", "source")} for e in log]
+            ).encode()
         ).hexdigest()[:16],
     }
     if quarantine is not None:

@@ -121,9 +121,7 @@ def _write_holder(folder: Path, name: str, shared: bool) -> Path:
 
 
 @contextlib.contextmanager
-def store_lock(
-    folder: Path, name: str, *, timeout: float, shared: bool = False
-) -> Iterator[None]:
+def store_lock(folder: Path, name: str, *, timeout: float, shared: bool = False) -> Iterator[None]:
     """Hold the lock of store ``name`` (under ``folder``) for the ``with`` block.
 
     Args:

@@ -202,9 +202,7 @@ class SnapshotSet:
         renames = [(self.staged[t], snapshot_path(self.features_dir, t)) for t in times]
         keep = {final for _, final in renames}
         stale = [
-            f
-            for f in snapshot_dir(self.features_dir).glob(f"{_PREFIX}*.parquet")
-            if f not in keep
+            f for f in snapshot_dir(self.features_dir).glob(f"{_PREFIX}*.parquet") if f not in keep
         ]
         # The manifest goes last: a reader of the folder sees it change once every file
         # of the set is in place.
