@@ -479,11 +479,25 @@ class Bench:
             detail = f"differs: {diff[:5]}"
         return Case(step, label, was_killed, readable, True, not diff, detail)
 
+    def startup_seconds(self) -> float:
+        """How long a command takes before it does any work (``engage --help``: imports)."""
+        if "startup" not in self.seconds:
+            self.seconds["startup"] = ok(run(self.root, ["--help"])).seconds
+        return self.seconds["startup"]
+
     def random_cases(self, step: str, n: int, seed: int) -> list[Case]:
-        """``n`` kills at random times within the reference run's duration."""
+        """``n`` kills at random times while the step works (after its imports).
+
+        The delay is the start-up time plus 10 % to 90 % of the rest of the reference
+        run's duration; a run faster than the reference may finish first.
+        """
         rng = random.Random(seed)
-        total = self.seconds.get(step) or 10.0
-        return [self.case(step, None, kill_after=rng.uniform(0.2, 0.6) * total) for _ in range(n)]
+        startup = self.startup_seconds()
+        work = max((self.seconds.get(step) or 10.0) - startup, 0.5)
+        return [
+            self.case(step, None, kill_after=startup + rng.uniform(0.1, 0.9) * work)
+            for _ in range(n)
+        ]
 
 
 def matrix_markdown(cases: list[Case]) -> str:
