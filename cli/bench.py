@@ -83,7 +83,7 @@ def cdnow_command(
     out = out or c.paths.reports_dir / "bench_cdnow.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(bench.report_markdown(result), encoding="utf-8")
-    console.print(f"report: {out}")
+    console.print(f"report: {escape(str(out))}")
     console.print(f"[dim]{result['seconds']:.0f} s, peak RSS {result['peak_rss_mb']:,.0f} MB[/dim]")
 
 

@@ -12,7 +12,7 @@ from cli.app import Context, app, context, fail, step
 from cli.data import simulate
 from cli.features import build_features
 from cli.models import train_models
-from cli.ui import console
+from cli.ui import console, lit
 
 RECENT_RUNS = 4  # weekly runs scored by `engage run`: a stage trend, not just one move
 
@@ -23,6 +23,7 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
     The report then shows a stage trend and the last move, and the stability rule of
     the index has a previous run to compare with.
     """
+    from engage.locks import StoreBusyError
     from features.snapshots import list_snapshots
     from serving.scoring import score
 
@@ -31,11 +32,11 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
     for as_of in targets:
         try:
             run_ = score(c.paths, c.params, as_of=as_of)
-        except (FileNotFoundError, LookupError, ValueError) as err:
+        except (FileNotFoundError, LookupError, ValueError, StoreBusyError) as err:
             fail(str(err))
         console.print(
-            f"run {run_.run_id}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
-            f"stages {run_.stages}"
+            f"run {lit(run_.run_id)}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
+            f"stages {lit(run_.stages)}"
         )
 
 
@@ -57,7 +58,7 @@ def report(
     """Write the self-contained HTML report (index, KPIs, models, SHAP, at-risk list)."""
     with console.status("building the report"):
         path = write_report(context(ctx), out)
-    console.print(f"report: [bold]{path}[/bold]")
+    console.print(f"report: [bold]{lit(path)}[/bold]")
 
 
 @app.command("run")
@@ -74,7 +75,7 @@ def run(
         with step("1. demo data"):
             simulate(c, customers, days, None)
     else:
-        console.print(f"using existing events {c.paths.events} (--fresh to re-simulate)")
+        console.print(f"using existing events {lit(c.paths.events)} (--fresh to re-simulate)")
     with step("2. features"):
         build_features(c, None)
     with step("3. models"):
@@ -84,4 +85,4 @@ def run(
     with step("5. report"):
         path = write_report(c)
     console.print(f"[bold green]pipeline done[/bold green] in {time.perf_counter() - start:.0f} s")
-    console.print(f"report: [bold]{path}[/bold]")
+    console.print(f"report: [bold]{lit(path)}[/bold]")

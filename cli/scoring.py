@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app, context, fail
-from cli.ui import console, progress
+from cli.ui import console, lit, progress
 from engage.specs import MODEL_NAMES, model_spec
 
 
@@ -37,6 +37,7 @@ def score_command(
     ] = None,
 ) -> None:
     """Score every known contact with the champion models into scores/run=<id>.parquet."""
+    from engage.locks import StoreBusyError
     from serving.scoring import score
 
     c = context(ctx)
@@ -48,20 +49,22 @@ def score_command(
 
         try:
             run = score(c.paths, c.params, as_of=as_of, run_id=run_id, progress=tick)
-        except (FileNotFoundError, LookupError, ValueError) as err:
+        except (FileNotFoundError, LookupError, ValueError, StoreBusyError) as err:
             fail(str(err))
     versions = ", ".join(f"{m} v{v}" for m, v in run.versions.items())
-    table = Table(title=f"run {run.run_id}: {run.rows:,} contacts at {run.as_of:%Y-%m-%d %H:%M}")
+    table = Table(
+        title=f"run {lit(run.run_id)}: {run.rows:,} contacts at {run.as_of:%Y-%m-%d %H:%M}"
+    )
     table.add_column("stage / segment")
     table.add_column("contacts", justify="right")
     table.add_column("share", justify="right")
     for name, n in run.stages.items():
-        table.add_row(f"[bold]{name}[/bold]", f"{n:,}", _pct(n / max(run.rows, 1)))
+        table.add_row(f"[bold]{lit(name)}[/bold]", f"{n:,}", _pct(n / max(run.rows, 1)))
     table.add_section()
     for name, n in run.segments.items():
-        table.add_row(name, f"{n:,}", _pct(n / max(run.rows, 1)))
+        table.add_row(lit(name), f"{n:,}", _pct(n / max(run.rows, 1)))
     console.print(table)
-    console.print(f"models: {versions}; {run.seconds:.1f} s -> {run.path}")
+    console.print(f"models: {lit(versions)}; {run.seconds:.1f} s -> {lit(run.path)}")
 
 
 # -------------------------------------------------------------------------- at-risk
@@ -121,9 +124,9 @@ def at_risk_command(
     if fmt == "json":
         typer.echo(to_json(frame, info))
         return
-    currency = c.params.value.currency
+    currency = lit(c.params.value.currency)
     what = "customers to call" if call_list else "at-risk customers"
-    title = f"top {len(frame)} {what}, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    title = f"top {len(frame)} {what}, run {lit(info.run_id)} ({info.as_of:%Y-%m-%d})"
     if len(frame):
         title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"
     table = Table(title=title, show_lines=True)
@@ -139,13 +142,13 @@ def at_risk_command(
         table.add_column(col, justify=justify, overflow="fold")
     for row in frame.itertuples(index=False):
         table.add_row(
-            row.customer_id,
+            lit(row.customer_id),
             f"{row.p_churn:.2f}",
-            row.stage,
-            row.segment,
+            lit(row.stage),
+            lit(row.segment),
             f"{row.value_at_risk:,.0f}",
-            escape("\n".join(f"- {r}" for r in row.reasons)),
-            escape(row.action),
+            lit("\n".join(f"- {r}" for r in row.reasons)),
+            lit(row.action),
         )
     console.print(table)
     if frame.empty:
@@ -202,7 +205,7 @@ def thresholds_command(
     per_text = "mean of" if per == "mean" else "last of"
     table = Table(
         title=(
-            f"{model} v{version}: {spec.positive_stage} quadrant per scoring run "
+            f"{model} v{lit(version)}: {spec.positive_stage} quadrant per scoring run "
             f"({per_text} {snaps} held-out snapshots, {len(held):,} rows)"
         )
     )
@@ -263,15 +266,22 @@ def transitions_command(
     limit: Annotated[int, typer.Option("--limit", help="Rows shown.", min=0)] = 50,
 ) -> None:
     """Contacts whose stage changed between two scoring runs; optionally POSTed once."""
-    from serving.transitions import WebhookError, deliver, stage_transitions
+    from serving.transitions import WebhookError, check_webhook_url, deliver, stage_transitions
 
     c = context(ctx)
+    url = webhook or c.params.serving.webhook_url
+    if post and url:
+        try:
+            check_webhook_url(url)
+        except ValueError as err:
+            # A configuration error, not a delivery failure: retrying cannot help.
+            fail(f"--webhook: {err}", code=2)
     try:
         tr = stage_transitions(c.paths, from_run, to_run)
     except (LookupError, ValueError) as err:
         fail(str(err))
     console.print(
-        f"{tr.from_run.run_id} ({tr.from_run.as_of:%Y-%m-%d}) -> {tr.to_run.run_id} "
+        f"{lit(tr.from_run.run_id)} ({tr.from_run.as_of:%Y-%m-%d}) -> {lit(tr.to_run.run_id)} "
         f"({tr.to_run.as_of:%Y-%m-%d}): {len(tr.changes):,} stage change(s); "
         f"{tr.entered:,} new contact(s), {tr.left:,} gone"
     )
@@ -282,9 +292,9 @@ def transitions_command(
         summary = Table(title="changes: from (rows) -> to (columns)")
         summary.add_column("from \\ to")
         for col in matrix.columns:
-            summary.add_column(str(col), justify="right")
+            summary.add_column(lit(col), justify="right")
         for name, row in matrix.iterrows():
-            summary.add_row(str(name), *(f"{int(v):,}" for v in row))
+            summary.add_row(lit(name), *(f"{int(v):,}" for v in row))
         console.print(summary)
         table = Table(title=f"first {min(limit, len(tr.changes))} by value at risk")
         for col in ("customer", "from", "to", "segment", "p_churn", "p_purchase", "value at risk"):
@@ -292,16 +302,15 @@ def transitions_command(
         shown = tr.changes.sort_values("value_at_risk", ascending=False).head(limit)
         for r in shown.itertuples(index=False):
             table.add_row(
-                r.customer_id,
-                r.from_stage,
-                r.to_stage,
-                f"{r.from_segment} -> {r.to_segment}",
+                lit(r.customer_id),
+                lit(r.from_stage),
+                lit(r.to_stage),
+                lit(f"{r.from_segment} -> {r.to_segment}"),
                 "-" if r.p_churn != r.p_churn else f"{r.p_churn:.2f}",
                 f"{r.p_purchase:.2f}",
                 f"{r.value_at_risk:,.2f}",
             )
         console.print(table)
-    url = webhook or c.params.serving.webhook_url
     if not post or not url:
         return
     try:

@@ -1,8 +1,15 @@
-"""Terminal output shared by the CLI modules: one console, one progress-bar layout."""
+"""Terminal output shared by the CLI modules: one console, one progress-bar layout.
+
+Every string that comes from data (customer ids, segments, reasons, paths, URLs, run
+ids, error messages) goes through :func:`lit` (or ``rich.markup.escape``) before Rich
+sees it: ``[/]`` in an id would crash the output and ``[bold red]`` restyle it. The
+console does not replace ``:name:`` codes with emoji, so a ``:smile:`` id stays text.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -12,7 +19,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-console = Console()
+console = Console(emoji=False)
+
+
+def lit(value: object) -> str:
+    """``value`` as text that Rich prints literally (markup escaped)."""
+    return escape(str(value))
 
 
 def progress() -> Progress:

@@ -161,6 +161,8 @@ class DataParams(_Section):
     value_units: dict[Ident, Text]
     conversion_event: Ident
     future_tolerance_minutes: Annotated[Float, Field(ge=0, le=24 * 60)]
+    # How long a command waits for another one writing the same store (engage/locks.py).
+    lock_timeout_s: Annotated[Float, Field(ge=0, le=24 * 3600)]
 
 
 class SimulateParams(_Section):

@@ -45,7 +45,7 @@ from features.catalog import (
     feature_specs,
     stat_columns,
 )
-from features.snapshots import snapshot_dir, to_utc, write_snapshot
+from features.snapshots import SnapshotSet, features_lock, snapshot_dir, to_utc
 
 
 def snapshot_times(
@@ -475,7 +475,14 @@ def build_features(
     as_of: Sequence[pd.Timestamp] | None = None,
     progress: Callable[[pd.Timestamp], None] | None = None,
 ) -> BuildSummary:
-    """Compute snapshots and write one Parquet file per as-of time.
+    """Compute snapshots and make them the stored set, one Parquet file per as-of time.
+
+    The build owns the set (:class:`features.snapshots.SnapshotSet`): once it
+    succeeds, the folder holds exactly the snapshots of ``as_of`` (or of the default
+    times) and the ones of earlier builds are gone; if it fails or is killed, the
+    previous set stays whole. It holds the features lock throughout and the event
+    store's shared lock while it loads the events, so it never reads events and
+    customers from two different writes.
 
     Args:
         params: the parsed params.yaml.
@@ -488,19 +495,35 @@ def build_features(
     Returns:
         What was written.
 
+    Raises:
+        FileNotFoundError: no events.
+        engage.locks.StoreBusyError: another command held the events or the features
+            for longer than ``data.lock_timeout_s``.
+
     """
-    builder = FeatureBuilder(params, events_path, customers_path)
-    try:
-        times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
-        created = pd.Timestamp.now(tz="UTC")
-        rows = 0
-        # Oldest first, so the builder carries its all-time statistics forward.
-        for t in sorted(times):
-            table = builder.snapshot(t, created)
-            write_snapshot(table, out_dir, t, _dictionary_columns(table.schema))
-            rows += table.num_rows
-            if progress:
-                progress(t)
-        return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir))
-    finally:
-        builder.close()
+    from engage.data.store import reading
+
+    timeout = params.data.lock_timeout_s
+    with features_lock(out_dir, timeout=timeout):
+        with reading(events_path, timeout=timeout):
+            builder = FeatureBuilder(params, events_path, customers_path)
+        snapshots = SnapshotSet(Path(out_dir))
+        try:
+            times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
+            times = sorted(set(times))
+            created = pd.Timestamp.now(tz="UTC")
+            rows = 0
+            # Oldest first, so the builder carries its all-time statistics forward.
+            for t in times:
+                table = builder.snapshot(t, created)
+                snapshots.write(table, t, _dictionary_columns(table.schema))
+                rows += table.num_rows
+                if progress:
+                    progress(t)
+            snapshots.commit(events=str(events_path), events_count=builder.n_events)
+            return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir))
+        except BaseException:
+            snapshots.discard()
+            raise
+        finally:
+            builder.close()

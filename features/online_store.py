@@ -15,6 +15,16 @@ values of one feature view into one float64 blob per contact:
 
 Nulls are stored as NaN and read back as nulls: LightGBM treats both as missing. An
 Int64 value is stored exactly as long as it is below 2**53 in magnitude (checked on write).
+
+A full reload (``features.store.materialize_snapshot``) never shows a reader half of
+it: :meth:`PackedSqliteOnlineStore.begin_rebuild` creates one staging table per view
+(named after the process), the chunks go there, and
+:meth:`~PackedSqliteOnlineStore.commit_rebuild` swaps every view's table in one SQLite
+transaction. In WAL mode a reader sees the tables before or after that transaction:
+one read (``read_columns``, ``online_read``) is never a mix, and
+:meth:`~PackedSqliteOnlineStore.read_views` reads several views in one read
+transaction, so one request is never a mix of two builds either. A killed rebuild leaves
+only its staging tables, dropped by the next one; the live tables are untouched.
 Feast selects the store from ``feature_store.yaml``::
 
     online_store:
@@ -32,7 +42,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +65,19 @@ from engage.readonly import readonly_sqlite
 
 MAX_EXACT_INT = 2**53  # float64 holds every integer below this exactly
 _LAYOUT = "_engage_layout"  # table name -> JSON list of [feature, "int"|"float"]
+_STAGING = "__staging_"  # <table>__staging_<pid>: a rebuild in progress
+_STAGING_RE = re.compile(rf"^(?P<table>.+){_STAGING}(?P<pid>\d+)$")
+_TABLE_SQL = "(entity_key BLOB PRIMARY KEY, event_ts INTEGER, created_ts INTEGER, vals BLOB)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class PackedSqliteOnlineStoreConfig(FeastConfigBaseModel):
@@ -265,10 +290,7 @@ class PackedSqliteOnlineStore(OnlineStore):
                 if stored.get(table) != layout:
                     # Packed values are positional: a new feature list invalidates them.
                     conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-                conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS "{table}" (entity_key BLOB PRIMARY KEY, '
-                    "event_ts INTEGER, created_ts INTEGER, vals BLOB) WITHOUT ROWID"
-                )
+                conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" {_TABLE_SQL} WITHOUT ROWID')
                 conn.execute(
                     f"INSERT OR REPLACE INTO {_LAYOUT} VALUES (?, ?)", (table, json.dumps(layout))
                 )
@@ -316,6 +338,7 @@ class PackedSqliteOnlineStore(OnlineStore):
         keys: list[bytes],
         event_column: str,
         created_column: str | None = None,
+        into: str | None = None,
     ) -> int:
         """Write one DataFrame chunk of a view (upsert per contact); returns the row count.
 
@@ -326,6 +349,7 @@ class PackedSqliteOnlineStore(OnlineStore):
             keys: serialized entity keys (see :func:`entity_key_bytes`), one per row.
             event_column: the event timestamp column.
             created_column: the created timestamp column, if any.
+            into: a staging table of :meth:`begin_rebuild` instead of the live table.
         """
         if len(keys) != len(frame):
             raise ValueError(f"write_frame: {len(keys)} keys for {len(frame)} rows")
@@ -341,8 +365,69 @@ class PackedSqliteOnlineStore(OnlineStore):
             if created_column
             else [None] * len(frame)
         )
-        self._insert(conn, name, layout, keys, events, created, values)
+        self._insert(conn, into or name, layout, keys, events, created, values)
         return len(frame)
+
+    # ------------------------------------------------------------------ full reloads
+    def begin_rebuild(self, config: RepoConfig, views: Sequence[FeatureView]) -> dict[str, str]:
+        """Create an empty staging table per view; returns ``{view name: staging table}``.
+
+        Staging tables of processes that died (a killed build) are dropped first. Fill
+        them with :meth:`write_frame` (``into=``), then call :meth:`commit_rebuild`.
+        """
+        conn = self._connect(config)
+        self.drop_stale_staging(config)
+        staging = {}
+        with conn:
+            for view in views:
+                table, _ = self._checked_layout(conn, config, view)
+                name = f"{table}{_STAGING}{os.getpid()}"
+                conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+                conn.execute(f'CREATE TABLE "{name}" {_TABLE_SQL} WITHOUT ROWID')
+                staging[view.name] = name
+        return staging
+
+    def commit_rebuild(
+        self, config: RepoConfig, views: Sequence[FeatureView], staging: dict[str, str]
+    ) -> None:
+        """Swap every staging table in for its view's live table, in one transaction.
+
+        Raises:
+            RuntimeError: a view's layout changed since :meth:`begin_rebuild` (an apply
+                ran in between); nothing is swapped.
+        """
+        conn = self._connect(config)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for view in views:
+                table, _ = self._checked_layout(conn, config, view)
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+                conn.execute(f'ALTER TABLE "{staging[view.name]}" RENAME TO "{table}"')
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def drop_staging(self, config: RepoConfig, staging: dict[str, str]) -> None:
+        """Drop the staging tables of an abandoned rebuild (:meth:`begin_rebuild`)."""
+        conn = self._connect(config)
+        with conn:
+            for name in staging.values():
+                conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+    def drop_stale_staging(self, config: RepoConfig) -> list[str]:
+        """Drop the staging tables of rebuilds whose process is gone; returns their names."""
+        conn = self._connect(config)
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        stale = []
+        for name in names:
+            match = _STAGING_RE.match(name)
+            if match and not _alive(int(match.group("pid"))):
+                stale.append(name)
+        with conn:
+            for name in stale:
+                conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+        return stale
 
     @staticmethod
     def _insert(conn, name, layout, keys, events, created, values: np.ndarray) -> None:
@@ -382,22 +467,29 @@ class PackedSqliteOnlineStore(OnlineStore):
         """Values of ``features`` for serialized ``keys`` as floats, without protobuf.
 
         The service's hot path (``serving.online``): what ``online_read`` returns, as a
-        (keys x features) float64 matrix with NaN for a null or an unknown key.
+        (keys x features) float64 matrix with NaN for a null or an unknown key. The
+        read is one transaction: never half of a rebuild.
 
         Raises:
             KeyError: a feature is not in the view.
             OnlineStoreUnavailable: the store cannot be read.
         """
-        conn = self._connect(config)
-        try:
-            name, layout = self._checked_layout(conn, config, view)
-            position = {feature: j for j, (feature, _) in enumerate(layout)}
-            missing = [f for f in features if f not in position]
-            if missing:
-                raise KeyError(f"feature view {view.name!r} has no features {missing}")
-            found = self._fetch(conn, name, keys)
-        except sqlite3.DatabaseError as err:
-            raise OnlineStoreUnavailable(_unreadable(self.db_path(config), err)) from None
+        return self.read_views(config, [(view, features)], keys)[0]
+
+    def _read_matrix(
+        self,
+        conn: sqlite3.Connection,
+        config: RepoConfig,
+        view: FeatureView,
+        keys: list[bytes],
+        features: list[str],
+    ) -> np.ndarray:
+        name, layout = self._checked_layout(conn, config, view)
+        position = {feature: j for j, (feature, _) in enumerate(layout)}
+        missing = [f for f in features if f not in position]
+        if missing:
+            raise KeyError(f"feature view {view.name!r} has no features {missing}")
+        found = self._fetch(conn, name, keys)
         cols = np.array([position[f] for f in features], dtype=np.intp)
         out = np.full((len(keys), len(features)), np.nan)
         for i, key in enumerate(keys):
@@ -405,6 +497,72 @@ class PackedSqliteOnlineStore(OnlineStore):
             if hit is not None:
                 out[i] = np.frombuffer(hit[1], dtype="float64")[cols]
         return out
+
+    def read_views(
+        self,
+        config: RepoConfig,
+        plan: Sequence[tuple[FeatureView, list[str]]],
+        keys: list[bytes],
+    ) -> list[np.ndarray]:
+        """:meth:`read_columns` of several views in one read transaction.
+
+        Every matrix comes from the same state of the store, so a request that needs
+        features of several views never mixes two builds, even while
+        :meth:`commit_rebuild` swaps the tables. Uses a connection of the calling
+        thread (a transaction must not span threads).
+
+        Args:
+            config: the repo config.
+            plan: ``(view, features)`` pairs.
+            keys: serialized entity keys.
+
+        Returns:
+            One (keys x features) float64 matrix per pair, NaN for null or unknown.
+
+        Raises:
+            KeyError: a feature is not in its view.
+            OnlineStoreUnavailable: the store cannot be read.
+        """
+        try:
+            conn = self._thread_connection(config)
+            conn.execute("BEGIN")
+            try:
+                out = [self._read_matrix(conn, config, view, keys, f) for view, f in plan]
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.DatabaseError as err:
+            raise OnlineStoreUnavailable(_unreadable(self.db_path(config), err)) from None
+        return out
+
+    def _thread_connection(self, config: RepoConfig) -> sqlite3.Connection:
+        local = self.__dict__.setdefault("_local", threading.local())
+        path = self.db_path(config)
+        if getattr(config.online_store, "read_only", False):
+            # A stat per read (microseconds): a deleted file is reported instead of being
+            # read from the unlinked inode forever, and a replaced file is reopened.
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise OnlineStoreUnavailable(_missing(path)) from None
+            ident = (st.st_dev, st.st_ino)
+            conn = getattr(local, "conn", None)
+            if conn is None or getattr(local, "path", None) != path or local.ident != ident:
+                if conn is not None:
+                    conn.close()
+                try:
+                    conn = readonly_sqlite(Path(path))
+                except (FileNotFoundError, sqlite3.Error) as err:
+                    raise OnlineStoreUnavailable(_unreadable(path, err)) from None
+                conn.isolation_level = None
+                local.conn, local.path, local.ident = conn, path, ident
+                self._layouts = self._schema_version = None
+            return conn
+        conn = getattr(local, "conn", None)
+        if conn is None or getattr(local, "path", None) != path:
+            self._connect(config)  # creates the file, WAL mode and the layout table
+            conn = sqlite3.connect(path, isolation_level=None)
+            local.conn, local.path, local.ident = conn, path, None
+        return conn
 
     def online_read(
         self,
@@ -414,19 +572,24 @@ class PackedSqliteOnlineStore(OnlineStore):
         requested_features: list[str] | None = None,
     ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         """Feast's read: per entity key, (event time, {feature: ValueProto}) or (None, None)."""
-        conn = self._connect(config)
-        name, layout = self._checked_layout(conn, config, table)
+        conn = self._thread_connection(config)
         version = config.entity_key_serialization_version
         keys = [
             serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys
         ]
+        # One read transaction: the key slices of _fetch all see the same build.
+        conn.execute("BEGIN")
+        try:
+            name, layout = self._checked_layout(conn, config, table)
+            found = self._fetch(conn, name, keys)
+        finally:
+            conn.execute("COMMIT")
         wanted = set(requested_features) if requested_features else None
         columns = [
             (j, feature, kind)
             for j, (feature, kind) in enumerate(layout)
             if wanted is None or feature in wanted
         ]
-        found = self._fetch(conn, name, keys)
         out: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
         for key in keys:
             hit = found.get(key)

@@ -9,6 +9,8 @@ the registry and online store moved under the data directory.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from engage.config import Paths
+from engage.faults import fault_point
+from engage.journal import fsync_file, staged_path
 from features.catalog import CREATED, ENTITY_KEY, TIMESTAMP
 from features.snapshots import snapshot_path, to_utc
 
@@ -28,20 +32,27 @@ _WHAT = {REGISTRY_DB: "registry", ONLINE_STORE_DB: "online store"}
 MATERIALIZE_CHUNK_ROWS = 20_000  # Feast's own write path holds ~0.7 KB per value: ~0.5 GB a chunk
 
 
-def repo_config(paths: Paths, read_only: bool = False):
+def registry_path(paths: Paths) -> Path:
+    """The Feast registry file under the data directory."""
+    return paths.feast_dir / REGISTRY_DB
+
+
+def repo_config(paths: Paths, read_only: bool = False, registry: Path | None = None):
     """The Feast RepoConfig: feature_store.yaml with data paths under ``paths.data_dir``.
 
     Args:
         paths: resolved locations.
         read_only: for readers (the prediction service): create no folder, write no copy
             of the config, and open the packed online store read-only.
+        registry: another registry file to use (:func:`apply_repo` applies to a copy);
+            the copy of the config written for the Feast CLI always names the real one.
 
     """
     from feast.repo_config import RepoConfig
 
     raw = yaml.safe_load((paths.feature_repo / "feature_store.yaml").read_text())
     raw["project"] = paths.params.feast.project
-    raw["registry"]["path"] = str(paths.feast_dir / REGISTRY_DB)
+    raw["registry"]["path"] = str(registry_path(paths))
     raw["online_store"]["path"] = str(paths.feast_dir / ONLINE_STORE_DB)
     if read_only:
         if raw["online_store"].get("type") == PACKED_STORE:
@@ -49,7 +60,14 @@ def repo_config(paths: Paths, read_only: bool = False):
     else:
         paths.feast_dir.mkdir(parents=True, exist_ok=True)
         # A copy for the Feast CLI when the data dir is not the default one (feast -f FILE).
-        (paths.feast_dir / "feature_store.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        cli_copy = paths.feast_dir / "feature_store.yaml"
+        text = yaml.safe_dump(raw, sort_keys=False)
+        if not cli_copy.exists() or cli_copy.read_text() != text:
+            staged = staged_path(cli_copy)
+            staged.write_text(text)
+            os.replace(staged, cli_copy)
+    if registry is not None:
+        raw["registry"]["path"] = str(registry)
     config = RepoConfig(**raw)
     config.repo_path = paths.feature_repo
     return config
@@ -153,22 +171,57 @@ def apply_repo(paths: Paths) -> ApplyResult:
 
     The definitions come from :func:`features.feast_objects.build_feast_objects`, so two
     applies in one process with other parameters or data directories each get their own.
+
+    Feast rewrites its registry file in place (truncate, then write), so a reader could
+    see it empty and a crash could leave it cut short. Here the apply runs on a copy,
+    which is renamed over the registry when complete: readers see the old or the new
+    registry. A registry that cannot be parsed (cut short by an older version) is
+    rebuilt from the definitions, which is all it holds.
     """
+    from feast import FeatureStore
+    from google.protobuf.message import DecodeError
+
     from features.feast_objects import build_feast_objects
 
-    return apply_objects(get_store(paths), build_feast_objects(paths.params, paths))
+    registry = registry_path(paths)
+    staged = staged_path(registry)
+    objects = build_feast_objects(paths.params, paths)
+    try:
+        if registry.exists():
+            shutil.copyfile(registry, staged)
+        try:
+            store = FeatureStore(
+                repo_path=str(paths.feature_repo), config=repo_config(paths, registry=staged)
+            )
+        except DecodeError:
+            staged.unlink(missing_ok=True)
+            store = FeatureStore(
+                repo_path=str(paths.feature_repo), config=repo_config(paths, registry=staged)
+            )
+        result = apply_objects(store, objects)
+        fault_point("features:registry_staged")
+        fsync_file(staged)
+        os.replace(staged, registry)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return result
 
 
 def materialize_snapshot(
     store, as_of: pd.Timestamp, chunk_rows: int = MATERIALIZE_CHUNK_ROWS
 ) -> int:
-    """Load the snapshot at ``as_of`` into the online store (rerun = overwrite, per key).
+    """Load the snapshot at ``as_of`` into the online store.
 
     The snapshot file is read in chunks of ``chunk_rows`` contacts, so memory stays flat.
     With the project's :class:`~features.online_store.PackedSqliteOnlineStore` each chunk
     goes straight from the DataFrame to SQLite (one row per contact and view, ~60x faster
-    than Feast's per-value path); any other online store configured in
-    ``feature_store.yaml`` gets the same rows through ``store.write_to_online_store``.
+    than Feast's per-value path) into staging tables, swapped in for the live ones in one
+    transaction at the end: the online store then holds exactly the snapshot (contacts
+    not in it are gone), and a reader sees the old contents or the new, never part of
+    each; a killed load leaves the old contents. Any other online store configured in
+    ``feature_store.yaml`` gets the same rows through ``store.write_to_online_store``
+    (an upsert per contact: contacts not in the snapshot keep their old rows there).
     Unlike ``store.materialize`` this records no materialization interval in the registry
     (only ``feast materialize-incremental`` reads it).
 
@@ -189,28 +242,46 @@ def materialize_snapshot(
         if view.online:
             # The source path is the glob of the snapshot files (snapshots.snapshot_glob).
             views.setdefault(Path(view.batch_source.path).parent, []).append(view)
-    rows = 0
-    for directory, group in views.items():
-        path = snapshot_path(directory.parent, as_of)
-        if not path.exists():
-            raise FileNotFoundError(f"no snapshot at {to_utc(as_of)}: {path} is missing")
-        file = pq.ParquetFile(path)
-        n = file.metadata.num_rows
-        # Even chunks: a small last one could be all nulls for a view, which
-        # write_to_online_store skips (leaving older values) where materialize writes.
-        size = max(1, -(-n // -(-n // chunk_rows))) if n else chunk_rows
-        for batch in file.iter_batches(batch_size=size):
-            frame = batch.to_pandas()
-            if packed:
-                # Serialized once per chunk, shared by the views.
-                keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
-            for view in group:
+    online_views = [v for group in views.values() for v in group]
+    staging = online.begin_rebuild(store.config, online_views) if packed else {}
+    try:
+        rows = 0
+        for directory, group in views.items():
+            path = snapshot_path(directory.parent, as_of)
+            if not path.exists():
+                raise FileNotFoundError(f"no snapshot at {to_utc(as_of)}: {path} is missing")
+            file = pq.ParquetFile(path)
+            n = file.metadata.num_rows
+            # Even chunks: a small last one could be all nulls for a view, which
+            # write_to_online_store skips (leaving older values) where materialize writes.
+            size = max(1, -(-n // -(-n // chunk_rows))) if n else chunk_rows
+            for batch in file.iter_batches(batch_size=size):
+                frame = batch.to_pandas()
                 if packed:
-                    online.write_frame(store.config, view, frame, keys, TIMESTAMP, CREATED)
-                else:
-                    names = [ENTITY_KEY, TIMESTAMP, CREATED, *(f.name for f in view.features)]
-                    store.write_to_online_store(view.name, frame[names])
-            rows += len(frame)
+                    # Serialized once per chunk, shared by the views.
+                    keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
+                for view in group:
+                    if packed:
+                        online.write_frame(
+                            store.config,
+                            view,
+                            frame,
+                            keys,
+                            TIMESTAMP,
+                            CREATED,
+                            into=staging[view.name],
+                        )
+                    else:
+                        names = [ENTITY_KEY, TIMESTAMP, CREATED, *(f.name for f in view.features)]
+                        store.write_to_online_store(view.name, frame[names])
+                rows += len(frame)
+        if packed:
+            fault_point("features:online_staged")
+            online.commit_rebuild(store.config, online_views, staging)
+    except BaseException:
+        if packed:
+            online.drop_staging(store.config, staging)
+        raise
     return rows
 
 

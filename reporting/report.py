@@ -584,7 +584,19 @@ def _segments(paths: Paths, last_runs: int) -> str:
 
 
 def build_report(paths: Paths, params: Params, out: Path | None = None, last_runs: int = 4) -> Path:
-    """Write the HTML report and return its path (default ``<data>/reports/report.html``)."""
+    """Write the HTML report and return its path (default ``<data>/reports/report.html``).
+
+    Every string that comes from the data (customer ids, segments, reasons, run ids,
+    model tags) is HTML-escaped.
+
+    Raises:
+        FileNotFoundError: no events yet (the message names the commands that make them).
+
+    """
+    from engage.data.io import CREATE_HINT
+
+    if not paths.events.exists():
+        raise FileNotFoundError(f"{paths.events} does not exist; {CREATE_HINT}")
     out = out or paths.reports_dir / "report.html"
     quality, shap_html = _model_sections(paths, params)
     bodies = {

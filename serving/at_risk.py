@@ -15,7 +15,6 @@ retention team calls this week (:func:`call_list`, ``engage at-risk --call-list`
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from engage import exports
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
@@ -172,12 +172,14 @@ def reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
 
 
 def to_csv(frame: pd.DataFrame) -> str:
-    """The list as CSV (reasons joined by " | ")."""
+    """The list as CSV (reasons joined by " | "), safe to open in a spreadsheet.
+
+    Text cells that a spreadsheet would run as a formula (``=...``, ``+...``, ``@...``)
+    get a leading ``'`` (:mod:`engage.exports`); numbers are left as numbers.
+    """
     out = frame.copy()
     out["reasons"] = [" | ".join(r) for r in out["reasons"]]
-    buf = io.StringIO()
-    out.to_csv(buf, index=False, float_format="%.4f")
-    return buf.getvalue()
+    return exports.to_csv(out, float_format="%.4f")
 
 
 def to_json(frame: pd.DataFrame, info: RunInfo) -> str:

@@ -283,8 +283,9 @@ class OnlinePredictor:
             keys = entity_key_bytes(
                 ENTITY_KEY, [str(c) for c in customer_ids], config.entity_key_serialization_version
             )
-            for view, features, cols, snap in plan:
-                values = online.read_columns(config, view, keys, features)
+            # One read transaction for every view: never half of a reload.
+            matrices = online.read_views(config, [(view, f) for view, f, _, _ in plan], keys)
+            for (_, _, cols, snap), values in zip(plan, matrices, strict=True):
                 keep = cols >= 0
                 X[:, cols[keep]] = values[:, keep]
                 if snap is not None:
@@ -402,7 +403,12 @@ class OnlinePredictor:
         half = X[:, self._half]
         known = ~np.isnan(as_of) & ((half == 0.0) | (half == 1.0))
         if known.all():  # the usual case: no placeholders to merge
-            scored = self.score_matrix(X, explain, top_k)
+            # The stability rule applies here too: a known contact is compared with its
+            # stage in the previous batch run, exactly as `engage score` does.
+            before, before_runs = self.previous().lookup([str(c) for c in customer_ids])
+            scored = self.score_matrix(
+                X, explain, top_k, previous_stage=before, previous_runs=before_runs
+            )
             scored.as_of_s = as_of
             return scored
         n = len(customer_ids)

@@ -4,7 +4,10 @@ This module owns the layout: the Arrow schema of a run, its metadata (run id, as
 time, scoring time, model versions, ...), run ids (they become file names, so they are
 checked), and the atomic writer: rows stream to a hidden temporary file named after the
 process, renamed to the final name only when complete, so a killed run never leaves a
-partial table under the final name and two runs never write one temporary file.
+partial table under the final name and two runs never write one temporary file. Two
+runs with the same id take turns: the writer holds the lock ``run=<id>`` of the scores
+folder (:mod:`engage.locks`), and the second waits for the first (or fails with the
+holder's pid and command after the timeout), then replaces its file.
 
 It also reads back what the next run needs from a stored one: each contact's stage and
 how many consecutive runs it has spent there (:func:`previous_stages`), the input of the
@@ -28,6 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Paths
+from engage.faults import fault_point
+from engage.journal import remove_stale_temps
+from engage.locks import store_lock
 from features.catalog import ENTITY_KEY
 from features.snapshots import to_utc
 from serving.explain import REASON_TYPE
@@ -82,25 +88,39 @@ def run_path(paths: Paths, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def run_writer(
-    paths: Paths, run_id: str, meta: dict[str, Any]
+    paths: Paths, run_id: str, meta: dict[str, Any], timeout: float = 0
 ) -> Iterator[Callable[[pa.Table], None]]:
     """Write a run atomically: yields ``write(table)`` for tables of :data:`SCHEMA`.
 
     ``meta`` is stored in the file's schema metadata. On success the file is renamed to
     :func:`run_path` (replacing a run with the same id); on any failure,
-    KeyboardInterrupt included, the temporary file is removed.
+    KeyboardInterrupt included, the temporary file is removed. The run's lock is held
+    throughout, waiting up to ``timeout`` seconds for another writer of the same id.
+
+    Raises:
+        engage.locks.StoreBusyError: another process writes this run id.
+
     """
     final = run_path(paths, run_id)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            yield lambda table: writer.write_table(table.replace_schema_metadata(schema.metadata))
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with store_lock(paths.scores_dir, f"{RUN_PREFIX}{run_id}", timeout=timeout):
+        # Temporary files of killed runs (ours are named after the pid) are garbage.
+        remove_stale_temps([paths.scores_dir])
+        tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+        schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
+
+        def write(table: pa.Table) -> None:
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+            fault_point("score:batch_written")
+
+        try:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                yield write
+            fault_point("score:before_rename")
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY, TIMESTAMP
-from features.snapshots import pick_snapshot, to_utc
+from features.snapshots import features_lock, pick_snapshot, to_utc
 from serving.champions import Champions, load_champions, make_explainers, typical_by_half
 from serving.decision import Decisions, Layout, decide
 from serving.explain import REASON_TYPE, Explainer
@@ -230,12 +230,29 @@ def score(
         LookupError: no champion model.
         ValueError: a bad run id, missing features, invalid probabilities, or params
             that contradict what a champion was trained for.
+        engage.locks.StoreBusyError: a features build, or another run with this id,
+            held its lock for longer than ``data.lock_timeout_s``.
 
     """
     start = time.perf_counter()
-    snap = pick_snapshot(paths.features_dir, as_of)
     if run_id is not None:
         check_run_id(run_id)
+    timeout = params.data.lock_timeout_s
+    # Shared: no features build replaces the snapshot while it is read.
+    with features_lock(paths.features_dir, timeout=timeout, shared=True):
+        return _score(paths, params, as_of, run_id, progress, champions, start)
+
+
+def _score(
+    paths: Paths,
+    params: Params,
+    as_of: pd.Timestamp | str | None,
+    run_id: str | None,
+    progress: Progress | None,
+    champions: Champions | None,
+    start: float,
+) -> ScoreRun:
+    snap = pick_snapshot(paths.features_dir, as_of)
     champions = champions or load_champions(paths, params)
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
@@ -269,7 +286,7 @@ def score(
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)
     done = 0
-    with run_writer(paths, run_id, meta) as write:
+    with run_writer(paths, run_id, meta, timeout=params.data.lock_timeout_s) as write:
         for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
             frame = batch.to_pandas()
             X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)

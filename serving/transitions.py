@@ -11,6 +11,12 @@ level"). The list can be POSTed as JSON to ``serving.webhook_url``:
   and URL does not POST again; a failed delivery is not recorded, so it can be retried.
   A lock file serialises concurrent deliveries, and each POST carries an
   ``Idempotency-Key`` header (the pair) so a receiver can drop a duplicate of its own.
+
+What URL is allowed (:func:`check_webhook_url`): ``http`` or ``https`` with a host name
+or address, any host (the webhook is the team's own system, often on the internal
+network). Any other scheme (``file:``, ``ftp:``, ``gopher:``, ...), a URL without a host,
+or one with spaces or control characters is a configuration error, raised before
+anything is sent: it is not a failed delivery, and rerunning would not help.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -30,14 +37,43 @@ import pandas as pd
 from engage.config import Paths, ServingParams
 from features.catalog import ENTITY_KEY
 from serving.index import STAGES
-from serving.runs import RunInfo, find_run, list_runs
+from serving.runs import RunInfo, check_run_id, find_run, list_runs
 
 LEDGER = "webhook_ledger.json"
 _COLUMNS = [ENTITY_KEY, "stage", "segment", "p_purchase", "p_churn", "value_at_risk"]
 
 
+WEBHOOK_SCHEMES = ("http", "https")
+
+
 class WebhookError(RuntimeError):
     """The webhook did not acknowledge the delivery (after the retries)."""
+
+
+def check_webhook_url(url: str) -> str:
+    """Validate a webhook URL: http(s), a host, no spaces or control characters.
+
+    Raises:
+        ValueError: the message names the URL and the rule it breaks.
+
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError("webhook URL is empty")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ValueError(f"webhook URL {url!r} contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as err:
+        raise ValueError(f"webhook URL {url!r} is malformed ({err})") from None
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES:
+        raise ValueError(
+            f"webhook URL {url!r}: scheme {parts.scheme or '(none)'!r} is not allowed; "
+            "use http:// or https://"
+        )
+    if not parts.hostname:
+        raise ValueError(f"webhook URL {url!r} has no host")
+    return url
 
 
 @dataclass
@@ -106,9 +142,12 @@ def stage_transitions(
 
     Raises:
         LookupError: fewer than two runs, or an unknown run id.
-        ValueError: both ids name the same run.
+        ValueError: both ids name the same run, or an id is not a valid run id.
 
     """
+    for run_id in (from_run, to_run):
+        if run_id is not None:
+            check_run_id(run_id)
     runs = list_runs(paths)
     later = find_run(paths, to_run)
     if from_run is None:
@@ -211,12 +250,15 @@ def deliver(
         ``skipped`` when the ledger already holds this pair and URL, else ``delivered``.
 
     Raises:
+        ValueError: ``url`` is not an allowed webhook (:func:`check_webhook_url`);
+            nothing is sent.
         WebhookError: no 2xx after ``1 + webhook_retries`` attempts, or a non-retryable
             4xx; nothing is recorded, so a later call tries again.
 
     """
     import httpx
 
+    check_webhook_url(url)
     pair = {"from_run": transitions.from_run.run_id, "to_run": transitions.to_run.run_id}
     key = f"{pair['from_run']}->{pair['to_run']}"
     with _locked(paths.scores_dir / ".webhook.lock"):

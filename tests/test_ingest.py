@@ -108,7 +108,8 @@ def test_read_csv_keeps_ids_as_text(tmp_path):
     df = read_user_file(path)
     assert df["customer_id"].tolist()[0] == "00042"
     assert df["value"].tolist()[0] == "12.5"
-    assert pd.isna(df["customer_id"].iloc[1])
+    # An empty cell stays an empty string; validation decides it is missing.
+    assert df["customer_id"].iloc[1] == ""
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".pq"])
@@ -168,13 +169,13 @@ def test_ids_already_stored_are_quarantined(data, paths):
 
 def test_strict_raises_and_writes_nothing(data, paths, tmp_path):
     ingest_events(batch(["e1"]), data, now=NOW, **paths)
-    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     df = batch(["e2", "e3"], types=["purchase", "tweet"])
 
     with pytest.raises(DataValidationError, match="unknown_event_type on event_type: 1 row"):
         ingest_events(df, data, now=NOW, strict=True, **paths)
 
-    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     assert not paths["quarantine_path"].exists()
 
 
@@ -256,3 +257,81 @@ def test_customers_table_created_late_covers_the_whole_store(data, paths):
         batch(["e2"], customers=["b"]), data, now=NOW, customers_path=customers_path, **paths
     )
     assert read_customers(customers_path)["customer_id"].tolist() == ["a", "b"]
+
+
+# --- crash safety and re-runs -----------------------------------------------------------
+
+
+class _Crash(BaseException):
+    """Stands for SIGKILL inside one process: nothing after the point runs."""
+
+
+def test_events_customers_and_quarantine_move_together_across_a_crash(data, paths, monkeypatch):
+    """The probe: a kill after the events were rewritten left customers stale, bad rows
+    never quarantined, and a rerun quarantined every row as duplicates."""
+    from engage.data.store import reading
+
+    ingest_events(batch(["e1"], customers=["a"]), data, now=NOW, **paths)
+    second = batch(["e2", "e3", "e4"], customers=["b", "c", "c"], values=[1.0, -1.0, 2.0])
+
+    def crash(name):
+        if name == "ingest:mid_commit":
+            raise _Crash
+
+    monkeypatch.setattr("engage.journal.fault_point", crash)
+    with pytest.raises(_Crash):
+        ingest_events(second, data, now=NOW, **paths)
+    monkeypatch.undo()
+    # The events were renamed, the customers and the quarantine not yet...
+    assert read_events(paths["events_path"])["event_id"].tolist() == ["e1", "e2", "e4"]
+    assert read_customers(paths["customers_path"])["customer_id"].tolist() == ["a"]
+    # ...until a reader (or the next writer) takes the store's lock.
+    with reading(paths["events_path"], timeout=5):
+        assert read_customers(paths["customers_path"])["customer_id"].tolist() == ["a", "b", "c"]
+        assert read_quarantine(paths["quarantine_path"])["event_id"].tolist() == ["e3"]
+    # The rerun sees its rows were the last write: nothing quarantined twice.
+    report = ingest_events(second, data, now=LATER, **paths)
+    assert (report.good_rows, report.bad_rows) == (2, 1)
+    assert "already ingested" in report.notes[-1]
+    assert read_quarantine(paths["quarantine_path"])["event_id"].tolist() == ["e3"]
+    assert len(read_events(paths["events_path"])) == 3
+
+
+def test_a_crash_before_the_commit_changes_nothing(data, paths, monkeypatch, tmp_path):
+    ingest_events(batch(["e1"]), data, now=NOW, **paths)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def crash(name):
+        if name == "ingest:staged":
+            raise _Crash
+
+    monkeypatch.setattr("engage.data.ingest.fault_point", crash)
+    with pytest.raises(_Crash):
+        ingest_events(batch(["e2"], values=[-1.0]), data, now=NOW, **paths)
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # staged files of an abandoned write are deleted
+    report = ingest_events(batch(["e2"], values=[-1.0]), data, now=NOW, **paths)
+    assert report.bad_rows == 1 and not report.notes
+
+
+def test_the_same_rows_again_after_another_write_are_checked_again(data, paths):
+    ingest_events(batch(["e1"]), data, now=NOW, **paths)
+    ingest_events(batch(["e2"]), data, now=NOW, **paths)
+    # Not the last write: the usual rules apply (its id is already stored).
+    report = ingest_events(batch(["e1"]), data, now=NOW, **paths)
+    assert [(f.rule, f.rows) for f in report.failures] == [("duplicate_id_in_store", 1)]
+
+
+def test_the_write_log_records_each_ingest(data, paths):
+    from engage.data.store import read_log
+
+    ingest_events(batch(["e1", "e2"], values=[1.0, -1.0]), data, now=NOW, source="a.csv", **paths)
+    [entry] = read_log(paths["events_path"])
+    assert (entry["command"], entry["source"], entry["good_rows"], entry["bad_rows"]) == (
+        "ingest",
+        "a.csv",
+        1,
+        1,
+    )
+    assert entry["failures"][0]["rule"] == "negative_value"

@@ -228,10 +228,13 @@ def test_cli_score_and_at_risk(pipeline, latest):
     assert out.exit_code == 1 and "valid segments are" in out.output
     out = runner.invoke(app, ["at-risk", "--format", "xml"])
     assert out.exit_code == 1 and "--format must be one of" in out.output
-    out = runner.invoke(app, ["score", "--run-id", "cli-run"])
+    # A scores folder of its own: the shared pipeline's latest run stays the one other
+    # tests (the service's /at_risk) compare with.
+    out = runner.invoke(app, ["--set", "scoring.dir=scores-cli", "score", "--run-id", "cli-run"])
     assert out.exit_code == 0, out.output
     assert "Nurture" in out.output and "run cli-run" in out.output
-    assert (pipeline.paths.scores_dir / "run=cli-run.parquet").exists()
+    assert (pipeline.paths.data_dir / "scores-cli" / "run=cli-run.parquet").exists()
+    assert not (pipeline.paths.scores_dir / "run=cli-run.parquet").exists()
 
 
 def test_service_lookup_reads_the_packed_store_like_the_feast_sdk(pipeline, champions, latest):

@@ -82,9 +82,12 @@ def test_parquet_output_is_byte_identical_and_atomic(params, tmp_path):
             progress=done.append,
         )
         outputs.append((events_path.read_bytes(), customers_path.read_bytes()))
+        # No temporary file left: the tables, the store's write log and its lock folder.
         assert sorted(p.name for p in events_path.parent.iterdir()) == [
+            ".locks",
             "customers.parquet",
             "events.parquet",
+            "events_log.json",
         ]
         assert summary.customers == 1500
         assert summary.events == pq.read_metadata(events_path).num_rows

@@ -238,3 +238,24 @@ def test_call_list_is_reachable_customers_in_exit(runs, monkeypatch):
     assert [c["customer_id"] for c in json.loads(out.output)["contacts"]] == ["B"]
     out = CliRunner().invoke(app, ["transitions", "--no-post"])
     assert "entered: Nurture 0, Purchase 0, Retention 0, Exit 1" in out.output  # C: w3 -> w4
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://h/x", "javascript:alert(1)", "http://", "//h/x", "h"]
+)
+def test_only_http_and_https_webhooks_are_accepted(runs, url):
+    from serving.transitions import check_webhook_url
+
+    with pytest.raises(ValueError, match=r"webhook URL .*(not allowed|no host)"):
+        check_webhook_url(url)
+    # deliver refuses before sending anything and records nothing: not a retryable failure.
+    with pytest.raises(ValueError, match="webhook URL"):
+        deliver(runs, stage_transitions(runs), url, FAST)
+    assert read_ledger(runs) == []
+
+
+def test_webhook_hosts_are_not_restricted():
+    from serving.transitions import check_webhook_url
+
+    for url in ("http://127.0.0.1:8080/hook", "https://hooks.example.com/x?y=1", "HTTPS://h"):
+        assert check_webhook_url(url) == url

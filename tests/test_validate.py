@@ -282,3 +282,62 @@ def test_customers_rules():
 def test_customers_missing_columns():
     with pytest.raises(DataValidationError, match="missing_column on first_seen"):
         validate_customers(pd.DataFrame({"customer_id": ["a"]}))
+
+
+# --- text that means "nothing", padding, edges of the timestamp and float ranges -------
+
+
+def test_placeholder_ids_are_refused_with_their_text(data):
+    df = make_events(6)
+    df.loc[0, "customer_id"] = "NA"
+    df.loc[1, "event_id"] = "null"
+    df.loc[2, "customer_id"] = "#N/A"
+    df.loc[3, "channel"] = "NA"  # a channel may be called NA
+    good, bad, report = validate_events(df, data, now=NOW)
+    assert failure(report, "placeholder_id", "customer_id").rows == 2
+    assert failure(report, "placeholder_id", "event_id").examples == ("null",)
+    assert bad["customer_id"].tolist() == ["NA", "c1", "#N/A"]
+    assert good["channel"].tolist() == ["NA", "web", "web"]
+
+
+def test_text_is_trimmed_and_counted(data):
+    df = make_events(3)
+    df["customer_id"] = ["c1 ", " c1", "c1"]
+    df["event_type"] = [" purchase", "web_visit", "email_open"]
+    good, _, report = validate_events(df, data, now=NOW)
+    assert report.ok and good["customer_id"].tolist() == ["c1"] * 3
+    assert good["event_type"].tolist()[0] == "purchase"
+    assert report.notes == (
+        "customer_id: 2 values trimmed of surrounding spaces",
+        "event_type: 1 value trimmed of surrounding spaces",
+    )
+    assert "  note: customer_id: 2 values trimmed" in report.to_text()
+
+
+def test_timestamps_out_of_range_are_not_called_unparsable(data):
+    df = make_events(4)
+    df["event_time"] = ["1500-01-01", "2262-04-12T00:00:00Z", "0001-01-01T00:00", "1677-09-22"]
+    _, _, report = validate_events(df, data, now=NOW)
+    f = failure(report, "timestamp_out_of_range", "event_time")
+    assert f.rows == 3 and "out of range (before 1677 / after 2262)" in report.to_text()
+    assert report.good_rows == 1
+
+
+def test_numbers_beyond_the_float_range_are_infinite_not_text(data):
+    df = make_events(6)
+    df["event_type"] = "web_visit"
+    df["value"] = ["1e309", "-1e309", "inf", "1_000", "nan", "12"]
+    _, _, report = validate_events(df, data, now=NOW)
+    assert failure(report, "infinite_value", "value").rows == 3
+    assert failure(report, "not_numeric", "value").examples == ("1_000", "nan")
+
+
+def test_float_ids_that_lost_digits_fail_the_whole_frame(data):
+    df = make_events(3)
+    df["customer_id"] = [1.0, 2.0**53, 3.0]
+    with pytest.raises(DataValidationError, match=r"inexact_id on customer_id: 1 row") as info:
+        validate_events(df, data, now=NOW)
+    assert info.value.report.bad_rows == 3 and "store ids as text" in str(info.value)
+    df["customer_id"] = [1.0, 2.0**53 - 1, 3.0]  # below 2^53: exact, written as integers
+    good, _, _ = validate_events(df, data, now=NOW)
+    assert good["customer_id"].tolist() == ["1", str(2**53 - 1), "3"]

@@ -52,12 +52,115 @@ _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 _SHIPPED_MODULE = "engage_stored_model.py"  # training/model.py inside each logged model
 
 
+# The columns of MLflow's tables that hold absolute artifact locations (MLflow 3).
+_LOCATIONS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+def artifact_root(paths: Paths) -> str:
+    """The URI of the artifact folder, ``file://<mlruns>/artifacts``."""
+    return (paths.mlruns_dir / "artifacts").resolve().as_uri()
+
+
+def relocate_artifacts(paths: Paths) -> dict[str, str]:
+    """Make the artifact locations recorded in ``mlflow.db`` follow the mlruns folder.
+
+    MLflow records absolute artifact URIs. After a data dir (and its ``mlruns``) is
+    copied or moved, they still name the old place: training in the copy would write
+    into the original's folder, and loading would fail once the original is gone. Each
+    experiment of this project has its artifacts at ``<mlruns>/artifacts/<name>``; when
+    that recorded prefix is another folder, every location under it (experiments,
+    runs, logged models, model versions) is rewritten to the current folder, in one
+    transaction. A read-only store is left as it is (the loaders then map the paths,
+    see :func:`local_artifact_uri`).
+
+    Returns:
+        ``{old prefix: new prefix}`` of what was rewritten (empty when nothing moved).
+
+    """
+    db = paths.mlruns_dir / "mlflow.db"
+    if not db.exists():
+        return {}
+    root = artifact_root(paths) + "/"
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "experiments" not in tables:
+            return {}
+        moves = {}
+        for name, location in conn.execute("SELECT name, artifact_location FROM experiments"):
+            suffix = f"/artifacts/{name}"
+            if (
+                isinstance(location, str)
+                and location.startswith("file://")
+                and location.endswith(suffix)
+                and location != root + name
+            ):
+                moves[location[: -len(name)]] = root
+        if not moves:
+            return {}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for old, new in moves.items():
+                for table, column in _LOCATIONS:
+                    if table not in tables:
+                        continue
+                    conn.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (new, len(old) + 1, len(old), old),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return moves
+    except sqlite3.OperationalError as err:
+        if "readonly" in str(err) or "read-only" in str(err):
+            return {}
+        raise
+    finally:
+        conn.close()
+
+
+def local_artifact_uri(paths: Paths, uri: str) -> str:
+    """``uri``, or the same artifact under the current mlruns folder if ``uri`` is gone.
+
+    A ``file://.../artifacts/<rest>`` location recorded in another mlruns folder (a data
+    dir copied or moved, whose store could not be rewritten) is looked up as
+    ``<mlruns>/artifacts/<rest>``. Other URIs are returned unchanged.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        return uri
+    recorded = Path(unquote(parts.path))
+    if recorded.exists():
+        return uri
+    # "artifacts" may appear again further down (a logged model's own folder): try each
+    # occurrence from the left, i.e. the artifact root first.
+    for i, part in enumerate(recorded.parts):
+        if part == "artifacts":
+            local = (paths.mlruns_dir / "artifacts").joinpath(*recorded.parts[i + 1 :])
+            if local.exists():
+                return local.resolve().as_uri()
+    return uri
+
+
 def setup_mlflow(paths: Paths):
-    """Point MLflow at the project's store; returns an MlflowClient."""
+    """Point MLflow at the project's store; returns an MlflowClient.
+
+    Artifact locations recorded in another folder (a copied or moved data dir) are
+    rewritten to this one first (:func:`relocate_artifacts`).
+    """
     import mlflow
     from mlflow import MlflowClient
 
     paths.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    relocate_artifacts(paths)
     mlflow.set_tracking_uri(paths.tracking_uri)
     mlflow.set_registry_uri(paths.tracking_uri)
     return MlflowClient(tracking_uri=paths.tracking_uri, registry_uri=paths.tracking_uri)
@@ -66,9 +169,18 @@ def setup_mlflow(paths: Paths):
 def experiment_id(client, paths: Paths, name: str) -> str:
     """The experiment ``name``, created with its artifacts under the mlruns folder."""
     exp = client.get_experiment_by_name(name)
+    location = f"{artifact_root(paths)}/{name}"
     if exp is not None:
+        if exp.artifact_location != location:
+            # setup_mlflow relocates a copied store; a location elsewhere would make the
+            # new run write into another data dir's folder.
+            raise ValueError(
+                f"MLflow experiment {name!r} stores its artifacts in {exp.artifact_location}, "
+                f"not under this data dir's {location}: the store at {paths.tracking_uri} "
+                "belongs to another folder. Point ENGAGE_DATA_DIR at that folder, or "
+                "delete this mlflow.db to start a new registry here"
+            )
         return exp.experiment_id
-    location = (paths.mlruns_dir / "artifacts" / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -138,9 +250,11 @@ def resolve(client, paths: Paths, name: str, alias: str = CHAMPION) -> ModelRef:
         raise LookupError(
             f"no {name!r} model with alias {alias!r} in {paths.tracking_uri}: run `engage train`"
         ) from None
-    return ModelRef(
-        name, str(mv.version), mv.run_id, client.get_model_version_download_uri(name, mv.version)
-    )
+    source = client.get_model_version_download_uri(name, mv.version)
+    if source.startswith("models:/") and mv.model_id:
+        # The logged model's folder: recorded as an absolute path, mapped if it moved.
+        source = client.get_logged_model(mv.model_id).artifact_location
+    return ModelRef(name, str(mv.version), mv.run_id, local_artifact_uri(paths, source))
 
 
 def _local_model_dir(ref: ModelRef, tmp: Path) -> Path:
@@ -314,11 +428,16 @@ def load_model(paths: Paths, name: str, alias: str = CHAMPION) -> tuple[EngageMo
     return model, ref.version
 
 
-def _download(client, run_id: str, artifact: str, tmp: str) -> Path:
+def _download(client, run_id: str, artifact: str, tmp: str, paths: Paths) -> Path:
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(client.download_artifacts(run_id, artifact, tmp))
+        # The run's folder as recorded, or under this mlruns folder if it moved.
+        root = local_artifact_uri(paths, client.get_run(run_id).info.artifact_uri)
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{artifact}", dst_path=tmp)
+        )
     except (MlflowException, OSError):
         raise LookupError(f"run {run_id} has no {artifact} artifact") from None
 
@@ -337,7 +456,7 @@ def held_out_predictions(paths: Paths, name: str) -> tuple[pd.DataFrame, str]:
     client = setup_mlflow(paths)
     ref = resolve(client, paths, name)
     with tempfile.TemporaryDirectory() as tmp:
-        held = pd.read_parquet(_download(client, ref.run_id, HELD_OUT, tmp))
+        held = pd.read_parquet(_download(client, ref.run_id, HELD_OUT, tmp, paths))
     held[TIMESTAMP] = pd.to_datetime(held[TIMESTAMP], utc=True)
     return held, ref.version
 
@@ -377,7 +496,7 @@ def champion_runs(paths: Paths, names: tuple[str, ...]) -> list[ChampionRun]:
         plots: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                folder = _download(client, ref.run_id, PLOTS, tmp)
+                folder = _download(client, ref.run_id, PLOTS, tmp, paths)
             except LookupError:
                 folder = None
             for f in sorted(folder.glob("*.png")) if folder else ():

@@ -8,6 +8,9 @@ customers table in step and quarantines the bad rows with the rules they broke.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -15,21 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import DataParams
-from engage.data.io import (
-    append_rows,
-    read_customers,
-    read_events,
-    write_customers,
-    write_events,
-)
+from engage.data.io import appended, read_customers, to_table
+from engage.data.store import frame_fingerprint, read_log, writing
 from engage.data.validate import (
     DataValidationError,
+    RuleFailure,
     ValidationReport,
     resolve_now,
     validate_events,
 )
+from engage.faults import fault_point
 from engage.schema import (
     CUSTOMER_ID,
+    CUSTOMERS_SCHEMA,
     EVENT_ID,
     EVENT_TIME,
     EVENTS_SCHEMA,
@@ -77,27 +78,167 @@ def parse_mapping(items: list[str]) -> dict[str, str]:
     return mapping
 
 
-def read_user_file(path: Path) -> pd.DataFrame:
+DEFAULT_ENCODING = "utf-8"
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_SEP_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
+_CHUNK = 1 << 20
+
+
+def parse_separator(text: str | None) -> str | None:
+    """A ``--sep`` value as the character: ``,`` ``;`` ``|`` or ``tab``.
+
+    Raises:
+        ValueError: anything else (the message lists the accepted values).
+
+    """
+    if text is None:
+        return None
+    sep = _SEP_NAMES.get(text.lower(), text)
+    if sep not in SEPARATORS:
+        raise ValueError(f"--sep {text!r}: use one of , ; | tab")
+    return sep
+
+
+def _check_encoding(path: Path, encoding: str) -> str:
+    """Decode the whole file once; returns the codec name pandas should read it with.
+
+    Raises:
+        ValueError: unknown encoding, a UTF-16 file read as UTF-8, or bytes that are not
+            valid in ``encoding`` (the message gives the byte offset and line).
+
+    """
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise ValueError(
+            f"unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252, utf-16)"
+        ) from None
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(0)
+        offset = 0
+        if codec == "utf-8":
+            if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise ValueError(
+                    f"{path} starts with a UTF-16 byte-order mark: pass --encoding utf-16"
+                )
+            if head.startswith(codecs.BOM_UTF8):
+                # A byte-order mark (Excel's "CSV UTF-8") is skipped, not read as text.
+                handle.seek(len(codecs.BOM_UTF8))
+                offset = len(codecs.BOM_UTF8)
+                codec = "utf-8-sig"
+        decoder = codecs.getincrementaldecoder("utf-8" if codec == "utf-8-sig" else codec)()
+        lines = 1
+        while True:
+            chunk = handle.read(_CHUNK)
+            pending = len(decoder.getstate()[0]) if hasattr(decoder, "getstate") else 0
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                data = err.object if isinstance(err.object, bytes) else chunk
+                at = offset - pending + err.start
+                lines += data[: max(0, err.start)].count(b"\n")
+                bad = data[err.start : err.start + 4]
+                raise ValueError(
+                    f"{path}: byte offset {at:,} (line {lines}) is not valid {encoding}: {bad!r}. "
+                    "If the file was saved as Latin-1 or Windows-1252, pass --encoding "
+                    "latin-1 (or cp1252)"
+                ) from None
+            if not chunk:
+                return codec
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+
+
+def _detect_separator(path: Path, encoding: str) -> str:
+    """The candidate separator that splits the header line into the most fields (``,`` on a tie)."""
+    with open(path, encoding=encoding, newline="") as handle:
+        header = handle.readline()
+    best, fields = ",", 1
+    for sep in SEPARATORS:
+        n = len(next(csv.reader([header], delimiter=sep), []))
+        if n > fields:
+            best, fields = sep, n
+    return best
+
+
+def read_user_file(
+    path: Path, *, encoding: str | None = None, sep: str | None = None
+) -> pd.DataFrame:
     """Read a CSV or Parquet file, chosen by suffix (.csv, .parquet, .pq).
 
-    CSV cells are read as text so that validation, not the CSV reader, decides what is a
-    number or a timestamp (and ids such as ``00042`` keep their zeros).
+    CSV cells are read as text, with no conversion of ``NA``, ``null``, ``nan``... to
+    missing: validation, not the CSV reader, decides what is missing, a number or a
+    timestamp (ids such as ``00042`` keep their zeros, a channel called ``NA`` stays
+    ``NA``; only an empty cell is missing). Quoted values may hold separators and line
+    breaks. Parquet columns keep their types; validation turns ids into text exactly.
+
+    Args:
+        path: the file.
+        encoding: the CSV's text encoding (default utf-8; a UTF-8 byte-order mark is
+            skipped). Every byte is checked before reading.
+        sep: the CSV's separator; default: whichever of ``,`` ``;`` tab ``|`` splits
+            the header line into the most columns. ``df.attrs["sep"]`` says which.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the suffix is not supported.
+        ValueError: a directory, an unsupported suffix, an unreadable file, an encoding
+            error (with its byte offset), a malformed CSV, an empty file or one with a
+            header and no rows; the message names the file.
 
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give a CSV or Parquet file")
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
         known = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
         raise ValueError(f"{path}: unsupported file type {suffix or '(none)'!r}; use {known}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if empty:
+        raise ValueError(f"{path} is empty: expected a header line and rows")
     if suffix in CSV_SUFFIXES:
-        return pd.read_csv(path, dtype=str)
-    return pd.read_parquet(path)
+        codec = _check_encoding(path, encoding or DEFAULT_ENCODING)
+        sep = sep or _detect_separator(path, codec)
+        try:
+            with warnings.catch_warnings():
+                # pandas drops the extra cells of rows longer than the header with only a
+                # warning (or, without index_col=False, shifts every column): refuse.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(
+                    path,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_filter=False,
+                    encoding=codec,
+                    sep=sep,
+                    engine="c",
+                    index_col=False,
+                )
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path} is empty: expected a header line and rows") from None
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: malformed CSV ({str(err).strip()})") from None
+        except pd.errors.ParserWarning:
+            raise ValueError(
+                f"{path}: malformed CSV (rows with more fields than the header; quote values "
+                "that contain the separator, or give --sep)"
+            ) from None
+        df.attrs["sep"] = sep
+    else:
+        try:
+            df = pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+    if len(df) == 0:
+        raise ValueError(f"{path} has a header but no rows: nothing to ingest")
+    return df
 
 
 def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
@@ -121,9 +262,14 @@ def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
     renamed = df.drop(columns=shadowed).rename(columns=mapping)
     missing = [field for field in REQUIRED_EVENT_COLUMNS if field not in renamed.columns]
     if missing:
+        hint = ""
+        if len(df.columns) == 1:
+            found = [name for sep, name in SEPARATORS.items() if sep in str(df.columns[0])]
+            if found:
+                hint = f" (the file has a single column: is it {found[0]}-separated? use --sep)"
         raise ValueError(
             f"required fields missing: {', '.join(missing)}; "
-            "map a column of the file to each with their_column=field"
+            f"map a column of the file to each with their_column=field{hint}"
         )
     return renamed[[field for field in FIELDS if field in renamed.columns]]
 
@@ -140,21 +286,20 @@ def _stored_ids(events_path: Path) -> pd.Series | None:
     return pq.read_table(events_path, columns=[EVENT_ID]).column(EVENT_ID).to_pandas()
 
 
-def _update_customers(
-    new_events: pd.DataFrame, events_path: Path, path: Path, *, rebuild: bool
-) -> None:
+def _customers(
+    new_events: pd.DataFrame, events: pa.Table, path: Path, *, rebuild: bool
+) -> pd.DataFrame:
+    """The customers table after a write whose event store will be ``events``."""
     if path.exists() and not rebuild:
         # A customer seen before keeps the earlier of the two first-seen times.
         both = pd.concat([read_customers(path), derive_customers(new_events)], ignore_index=True)
-        customers = both.groupby(CUSTOMER_ID, as_index=False)[FIRST_SEEN].min()
-    else:
-        # A replaced store, or one holding events from before there was a customers
-        # table: every customer comes from the store.
-        customers = derive_customers(read_events(events_path))
-    write_customers(customers, path)
+        return both.groupby(CUSTOMER_ID, as_index=False)[FIRST_SEEN].min()
+    # A replaced store, or one holding events from before there was a customers
+    # table: every customer comes from the store.
+    return derive_customers(events.select([CUSTOMER_ID, EVENT_TIME]).to_pandas())
 
 
-def _quarantine(bad: pd.DataFrame, path: Path, now: pd.Timestamp) -> None:
+def _quarantine_table(bad: pd.DataFrame, path: Path, now: pd.Timestamp) -> pa.Table:
     # Bad rows hold whatever the user sent (text in a number column, ...), so the
     # quarantine stores every original column as text, plus when it was ingested.
     rows = pd.DataFrame(
@@ -167,11 +312,51 @@ def _quarantine(bad: pd.DataFrame, path: Path, now: pd.Timestamp) -> None:
     names = list(pq.read_schema(path).names) if path.exists() else []
     names += [c for c in rows.columns if c not in names]
     schema = pa.schema([pa.field(n, TIMESTAMP if n == INGESTED_AT else pa.string()) for n in names])
-    append_rows(rows, path, schema)
+    return appended(rows, path, schema)
 
 
 def _is_missing(value: object) -> bool:
     return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+
+def _log_entry(
+    report: ValidationReport, fingerprint: str, source: str | None, now: pd.Timestamp, **opts
+) -> dict:
+    return {
+        "command": "ingest",
+        "source": source,
+        "fingerprint": fingerprint,
+        **opts,
+        "at": now.isoformat(),
+        "total_rows": report.total_rows,
+        "good_rows": report.good_rows,
+        "bad_rows": report.bad_rows,
+        "failures": [
+            {"rule": f.rule, "column": f.column, "rows": f.rows, "examples": list(f.examples)}
+            for f in report.failures
+        ],
+        "notes": list(report.notes),
+    }
+
+
+def _already(entry: dict) -> ValidationReport:
+    """The report of a logged ingest, with a note saying that nothing was written now."""
+    failures = tuple(
+        RuleFailure(f["rule"], f["column"], f["rows"], tuple(f["examples"]))
+        for f in entry["failures"]
+    )
+    note = (
+        f"already ingested: the last write to this store ({entry['at']}) was this same data "
+        "with the same options; nothing written again"
+    )
+    return ValidationReport(
+        "events",
+        entry["total_rows"],
+        entry["good_rows"],
+        entry["bad_rows"],
+        failures,
+        (*entry.get("notes", ()), note),
+    )
 
 
 def ingest_events(
@@ -184,8 +369,16 @@ def ingest_events(
     replace: bool = False,
     now: pd.Timestamp | None = None,
     customers_path: Path | None = None,
+    source: str | None = None,
 ) -> ValidationReport:
     """Validate events and store them: good rows to the store, bad rows to quarantine.
+
+    The events, the customers table, the quarantine and the store's write log change
+    together in one journaled commit under the store's lock (:mod:`engage.data.store`):
+    a crash leaves all of them as before or all as after, and a concurrent ingest waits.
+    Ingesting the same rows with the same options as the store's last write is a no-op
+    (the report says so): rerunning an ingest whose process was killed after its
+    commit does not quarantine every row again as a duplicate.
 
     Args:
         df: events with schema column names (see :func:`apply_mapping`).
@@ -200,6 +393,7 @@ def ingest_events(
         now: the reference time for the future rule and ``ingested_at``.
         customers_path: the customers table to keep in step (first event per customer,
             the earliest ``first_seen`` wins on merge); None leaves it alone.
+        source: what the rows came from (a file name), recorded in the write log.
 
     Returns:
         The validation report.
@@ -207,22 +401,39 @@ def ingest_events(
     Raises:
         DataValidationError: ``strict`` and at least one row is bad, or required columns
             are missing.
+        engage.locks.StoreBusyError: another command held the store for longer than
+            ``data.lock_timeout_s``.
 
     """
     events_path, quarantine_path = Path(events_path), Path(quarantine_path)
+    customers_path = Path(customers_path) if customers_path is not None else None
     now = resolve_now(now)
-    existing = None if replace else _stored_ids(events_path)
-    good, bad, report = validate_events(df, data, now=now, existing_ids=existing)
-    if strict and not report.ok:
-        raise DataValidationError(report)
+    fingerprint = frame_fingerprint(df, replace=replace, strict=strict)
+    others = tuple(p for p in (customers_path, quarantine_path) if p is not None)
+    with writing(events_path, timeout=data.lock_timeout_s, others=others) as write:
+        log = read_log(events_path)
+        if log and log[-1].get("fingerprint") == fingerprint:
+            return _already(log[-1])
+        existing = None if replace else _stored_ids(events_path)
+        good, bad, report = validate_events(df, data, now=now, existing_ids=existing)
+        fault_point("ingest:validated")
+        if strict and not report.ok:
+            raise DataValidationError(report)
 
-    if len(good):
-        if replace:
-            write_events(good, events_path)
-        else:
-            append_rows(good, events_path, EVENTS_SCHEMA)
-        if customers_path is not None:
-            _update_customers(good, events_path, Path(customers_path), rebuild=replace)
-    if len(bad):
-        _quarantine(bad, quarantine_path, now)
+        if len(good):
+            events = to_table(good, EVENTS_SCHEMA)
+            if not replace:
+                events = appended(good, events_path, EVENTS_SCHEMA)
+            pq.write_table(events, write.stage(events_path))
+            if customers_path is not None:
+                customers = _customers(good, events, customers_path, rebuild=replace)
+                pq.write_table(to_table(customers, CUSTOMERS_SCHEMA), write.stage(customers_path))
+        if len(bad):
+            quarantine = _quarantine_table(bad, quarantine_path, now)
+            pq.write_table(quarantine, write.stage(quarantine_path))
+        write.stage_log(
+            _log_entry(report, fingerprint, source, now, replace=replace, strict=strict)
+        )
+        fault_point("ingest:staged")
+        write.commit(fault="ingest")
     return report

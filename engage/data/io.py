@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engage.journal import staged_path
 from engage.schema import CUSTOMERS_SCHEMA, EVENTS_SCHEMA
 
 CREATE_HINT = "create it with `engage data simulate`, `engage data cdnow` or `engage data ingest`"
@@ -93,17 +93,48 @@ def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
+def stage_table(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` under the temporary name of ``path`` (:func:`engage.journal.staged_path`).
+
+    Returns:
+        The temporary file, to be renamed by the caller (alone, or with others in one
+        :func:`engage.journal.commit`).
+
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target so that os.replace is a rename on one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # Same folder as the target so that os.replace is a rename on one file system; the
+    # name carries the pid, so a leftover of a killed process is recognised and removed.
+    tmp = staged_path(path)
     try:
         pq.write_table(table, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = stage_table(table, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``df`` as an Arrow table of ``schema`` (see :func:`write_table` for the rules)."""
+    return _to_arrow(df, schema)
+
+
+def appended(df: pd.DataFrame, path: Path, schema: pa.Schema) -> pa.Table:
+    """The table at ``path`` (if any) followed by ``df``, in ``schema`` (as :func:`append_rows`)."""
+    path = Path(path)
+    table = _to_arrow(df, schema)
+    if path.exists():
+        table = pa.concat_tables([_conform(pq.read_table(path), schema, path), table])
+    return table
 
 
 def write_table(df: pd.DataFrame, path: Path, schema: pa.Schema) -> None:
@@ -133,11 +164,7 @@ def append_rows(df: pd.DataFrame, path: Path, schema: pa.Schema) -> None:
             filled with nulls.
 
     """
-    path = Path(path)
-    table = _to_arrow(df, schema)
-    if path.exists():
-        table = pa.concat_tables([_conform(pq.read_table(path), schema, path), table])
-    _write_atomic(table, path)
+    _write_atomic(appended(df, path, schema), Path(path))
 
 
 def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:

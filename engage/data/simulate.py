@@ -107,7 +107,6 @@ returned :class:`SimulationSummary` carries a few latent aggregates for diagnost
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +120,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engage.config import DataParams, SimulateParams
+from engage.data.store import writing
+from engage.faults import fault_point
 from engage.schema import CUSTOMERS_SCHEMA, EVENTS_SCHEMA
 
 _SECOND_US = 1_000_000
@@ -824,8 +825,9 @@ def simulate_to_parquet(
     """Simulate chunk by chunk straight into two Parquet files.
 
     Memory is bounded by one chunk (``sim.chunk_customers`` contacts): each is appended
-    to the files as row groups. Both files are written under temporary names and moved
-    into place only when complete, so a crash never leaves a half-written table.
+    to the files as row groups. Both files are written under temporary names and
+    committed together under the event store's lock (:mod:`engage.data.store`), so a
+    crash never leaves a half-written table nor events without their customers.
 
     Args:
         sim: the ``simulate`` parameters.
@@ -844,17 +846,15 @@ def simulate_to_parquet(
     customers, days, seed = _resolve(sim, customers, days, seed)
     _check_vocabulary(data)
     events_path, customers_path = Path(events_path), Path(customers_path)
-    for p in (events_path, customers_path):
-        p.parent.mkdir(parents=True, exist_ok=True)
-    tmp_events = events_path.with_name(f".{events_path.name}.{os.getpid()}.tmp")
-    tmp_customers = customers_path.with_name(f".{customers_path.name}.{os.getpid()}.tmp")
     began = time.perf_counter()
     n_events, n_drawn, latent = 0, 0, {}
     # Sequential ids and compressible repeats: dictionary-encode only the low-cardinality
     # columns, the others would overflow the dictionary page anyway.
     options = {"compression": "zstd", "write_statistics": True}
     dict_cols = ["customer_id", "event_type", "channel", "campaign_id"]
-    try:
+    # Under the event store's lock, staged and committed together (engage.data.store).
+    with writing(events_path, timeout=data.lock_timeout_s, others=(customers_path,)) as write:
+        tmp_events, tmp_customers = write.stage(events_path), write.stage(customers_path)
         with (
             pq.ParquetWriter(
                 tmp_events, EVENTS_SCHEMA, use_dictionary=dict_cols, **options
@@ -874,11 +874,18 @@ def simulate_to_parquet(
                 del events, contacts
                 if progress is not None:
                     progress(n)
-        os.replace(tmp_events, events_path)
-        os.replace(tmp_customers, customers_path)
-    finally:
-        for tmp in (tmp_events, tmp_customers):
-            tmp.unlink(missing_ok=True)
+        write.stage_log(
+            {
+                "command": "simulate",
+                "at": pd.Timestamp.now(tz="UTC").isoformat(),
+                "customers": customers,
+                "days": days,
+                "seed": seed,
+                "total_rows": n_events,
+            }
+        )
+        fault_point("simulate:staged")
+        write.commit(fault="simulate")
     seconds = time.perf_counter() - began
     return SimulationSummary(
         customers=customers,

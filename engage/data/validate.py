@@ -10,6 +10,7 @@ the rules on the parsed values are a pandera schema.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,7 +40,9 @@ MAX_EXAMPLES = 3
 
 # Rule names, in the order reports list them.
 REQUIRED = "required"
+PLACEHOLDER_ID = "placeholder_id"
 UNPARSABLE_TIMESTAMP = "unparsable_timestamp"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 FUTURE_TIMESTAMP = "future_timestamp"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"
 NOT_NUMERIC = "not_numeric"
@@ -50,10 +53,14 @@ OUT_OF_RANGE = "out_of_range"
 DUPLICATE_ID = "duplicate_id"
 DUPLICATE_ID_IN_STORE = "duplicate_id_in_store"
 MISSING_COLUMN = "missing_column"
+INEXACT_ID = "inexact_id"
 RULE_ORDER = (
     MISSING_COLUMN,
+    INEXACT_ID,
     REQUIRED,
+    PLACEHOLDER_ID,
     UNPARSABLE_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE,
     FUTURE_TIMESTAMP,
     UNKNOWN_EVENT_TYPE,
     NOT_NUMERIC,
@@ -64,6 +71,31 @@ RULE_ORDER = (
     DUPLICATE_ID,
     DUPLICATE_ID_IN_STORE,
 )
+
+# What each rule means, printed after its name in a report.
+RULE_TEXT = {
+    MISSING_COLUMN: "the column is absent",
+    INEXACT_ID: "floating-point ids at or above 2^53 have lost digits: store ids as text",
+    REQUIRED: "missing or blank",
+    PLACEHOLDER_ID: "a missing-value placeholder such as NA, null, None, nan, n/a",
+    UNPARSABLE_TIMESTAMP: "not an ISO 8601 time",
+    TIMESTAMP_OUT_OF_RANGE: "out of range (before 1677 / after 2262)",
+    FUTURE_TIMESTAMP: "later than now",
+    UNKNOWN_EVENT_TYPE: "not in data.event_types",
+    NOT_NUMERIC: "not a number",
+    MISSING_VALUE: "a purchase or NPS answer without a value",
+    INFINITE_VALUE: "infinite (or beyond the float range, e.g. 1e309)",
+    NEGATIVE_VALUE: "below 0",
+    OUT_OF_RANGE: "an NPS score outside 0..10",
+    DUPLICATE_ID: "seen earlier in the same file",
+    DUPLICATE_ID_IN_STORE: "already in the event store",
+}
+# Text that stands for "no value" in exports; an id made of it is refused, not stored.
+PLACEHOLDERS = frozenset(
+    {"na", "n/a", "#n/a", "nan", "null", "none", "nil", "undefined", "<na>", "nat", "-nan"}
+)
+ID_COLUMNS = (EVENT_ID, CUSTOMER_ID)
+TEXT_COLUMNS = (EVENT_ID, CUSTOMER_ID, EVENT_TYPE, CHANNEL, CAMPAIGN_ID)
 
 # pandera's names for its built-in checks.
 _PANDERA_RULES = {"not_nullable": REQUIRED, "field_uniqueness": DUPLICATE_ID}
@@ -84,13 +116,17 @@ class RuleFailure:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """The outcome of validating one table."""
+    """The outcome of validating one table.
+
+    ``notes`` says what was changed without refusing a row (e.g. ids trimmed of spaces).
+    """
 
     table: str
     total_rows: int
     good_rows: int
     bad_rows: int
     failures: tuple[RuleFailure, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -107,7 +143,10 @@ class ValidationReport:
             line = f"  {f.rule} on {f.column}: {f.rows} {noun}"
             if f.examples:
                 line += ", e.g. " + ", ".join(repr(e) for e in f.examples)
+            if f.rule in RULE_TEXT:
+                line += f" - {RULE_TEXT[f.rule]}"
             lines.append(line)
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -123,7 +162,7 @@ class DataValidationError(ValueError):
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Strings, or None for missing and blank cells."""
+    """Strings trimmed of surrounding white space, or None for missing and blank cells."""
     present = values.notna()
     text = values.astype(object)
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
@@ -135,37 +174,94 @@ def _as_text(values: pd.Series) -> pd.Series:
         text[present & ~whole] = values[present & ~whole].astype(str)
     else:
         text[present] = values[present].astype(str)
-    filled = text.where(present, "")
-    blank = filled.eq("") | filled.str.isspace()
-    return text.where(~blank, None)
+    filled = text.where(present, "").astype(str).str.strip()
+    return filled.where(present & filled.ne(""), None).astype(object)
 
 
-def _parse_times(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Parse to UTC; returns (times, missing mask, unparsable mask).
+def _trimmed(values: pd.Series) -> int:
+    """How many text cells have white space around them (which :func:`_as_text` removes)."""
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "mixed"):
+        return 0
+    text = values[values.map(lambda v: isinstance(v, str))].astype(str)
+    stripped = text.str.strip()
+    return int((stripped.ne(text) & stripped.ne("")).sum())
+
+
+def _inexact_ids(df: pd.DataFrame) -> list[RuleFailure]:
+    """Float id columns holding integers of 2^53 or more (their digits are already lost)."""
+    out = []
+    for column in ID_COLUMNS:
+        values = df[column]
+        if not pd.api.types.is_float_dtype(values):
+            continue
+        big = values.notna() & (values.abs() >= 2**53)
+        if big.any():
+            examples = tuple(dict.fromkeys(repr(float(v)) for v in values[big].head(20)))
+            out.append(RuleFailure(INEXACT_ID, column, int(big.sum()), examples[:MAX_EXAMPLES]))
+    return out
+
+
+def _parse_times(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Parse to UTC; returns (times, missing, unparsable, out-of-range masks).
 
     Naive times are taken as UTC; ISO 8601 strings with an offset are converted. Other
-    formats (e.g. 01/02/2025) are rejected rather than guessed day- or month-first.
+    formats (e.g. 01/02/2025) are rejected rather than guessed day- or month-first. A
+    valid ISO 8601 date outside what a timestamp holds (1677-09-21 .. 2262-04-11) is
+    out of range rather than unparsable.
     """
     if pd.api.types.is_numeric_dtype(values):
         # Epoch numbers have no stated unit; guessing one would silently misplace events.
         missing = values.isna()
         unparsable = ~missing
+        out_of_range = pd.Series(False, index=values.index)
         times = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     else:
         is_time = pd.api.types.is_datetime64_any_dtype(values)
-        missing = values.isna() if is_time else _as_text(values).isna()
-        times = to_utc(values.where(~missing))
-        unparsable = ~missing & times.isna()
-    return times.dt.floor("us").dt.as_unit("us"), missing, unparsable
+        text = values if is_time else _as_text(values)
+        missing = text.isna()
+        times = to_utc(text.where(~missing))
+        failed = ~missing & times.isna()
+        out_of_range = failed & text.where(failed, "").map(_valid_iso).astype(bool)
+        unparsable = failed & ~out_of_range
+    return times.dt.floor("us").dt.as_unit("us"), missing, unparsable, out_of_range
+
+
+def _valid_iso(text: object) -> bool:
+    """True for an ISO 8601 date or time that Python reads (years 1..9999)."""
+    if not isinstance(text, str) or not text:
+        return False
+    try:
+        dt.datetime.fromisoformat(text.replace("z", "+00:00").replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Parse to float; returns (numbers, not-numeric mask). Blank cells are missing."""
+    """Parse to float; returns (numbers, not-numeric mask). Blank cells are missing.
+
+    A number too large for a float (``1e309``) is read as infinite, like ``inf``, so the
+    infinite rule names it; text such as ``NA`` or ``nan`` is not a number.
+    """
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype(float), pd.Series(False, index=values.index)
-    present = _as_text(values).notna()
-    numbers = pd.to_numeric(values.where(present), errors="coerce").astype(float)
+    text = _as_text(values)
+    present = text.notna()
+    numbers = pd.to_numeric(text.where(present), errors="coerce").astype(float)
+    failed = present & numbers.isna()
+    if failed.any():
+        numbers[failed] = text[failed].map(_overflow)
     return numbers, present & numbers.isna()
+
+
+def _overflow(text: str) -> float:
+    """±inf for a decimal number beyond the float range, NaN for anything else."""
+    try:
+        value = float(text)
+    except ValueError:
+        return np.nan
+    # float() also reads "1_000" and "nan": only an overflow to infinity is kept.
+    return value if np.isinf(value) and "_" not in text else np.nan
 
 
 # --- running the rules -----------------------------------------------------------------
@@ -210,7 +306,11 @@ def _example(value: object) -> str:
 
 
 def _finish(
-    table: str, df: pd.DataFrame, norm: pd.DataFrame, findings: list[_Finding]
+    table: str,
+    df: pd.DataFrame,
+    norm: pd.DataFrame,
+    findings: list[_Finding],
+    notes: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, ValidationReport]:
     """Split rows into good (normalised) and bad (as given in ``df``), summarise each rule.
 
@@ -246,7 +346,7 @@ def _finish(
     bad = df.iloc[errors.index.to_numpy(dtype="int64")].copy()
     bad[ERRORS] = errors.to_numpy()
     good = norm.drop(index=errors.index).reset_index(drop=True)
-    report = ValidationReport(table, len(raw), len(good), len(bad), tuple(failures))
+    report = ValidationReport(table, len(raw), len(good), len(bad), tuple(failures), notes)
     return good, bad, report
 
 
@@ -320,7 +420,10 @@ def validate_events(
 ) -> tuple[pd.DataFrame, pd.DataFrame, ValidationReport]:
     """Check incoming events against every rule at once.
 
-    Rules: ``required`` (missing or blank id, time or type), ``unparsable_timestamp``,
+    Rules: ``inexact_id`` (a float id column with values of 2^53 or more: the whole
+    frame fails), ``required`` (missing or blank id, time or type), ``placeholder_id``
+    (an id such as ``NA`` or ``null``), ``unparsable_timestamp``,
+    ``timestamp_out_of_range`` (a valid ISO date before 1677 or after 2262),
     ``future_timestamp`` (later than now + ``data.future_tolerance_minutes``),
     ``unknown_event_type`` (not in ``data.event_types``), ``not_numeric`` (value),
     ``missing_value`` (conversion event or NPS answer without a value), ``infinite_value``,
@@ -339,13 +442,22 @@ def validate_events(
         ``event_time`` as ``datetime64[us, UTC]``, float ``value``); bad rows with their
         original columns plus ``errors`` ("rule:column; ..."); the report.
 
+    Text is trimmed of surrounding white space (``"c1 "`` is ``"c1"``); the report's
+    notes count the trimmed cells per column. Only an empty cell is missing: ``NA`` or
+    ``null`` is refused as an id (``placeholder_id``), is not a number as a value, and
+    is kept as text in ``channel`` and ``campaign_id``.
+
     Raises:
-        DataValidationError: required columns are missing (all are named).
+        DataValidationError: required columns are missing, or an id column holds floats
+            that lost digits (all are named, with the count of rows).
 
     """
     _check_columns(df, REQUIRED_EVENT_COLUMNS, "events")
+    inexact = _inexact_ids(df)
+    if inexact:
+        raise DataValidationError(ValidationReport("events", len(df), 0, len(df), tuple(inexact)))
     raw = df.reset_index(drop=True)
-    times, time_missing, time_unparsable = _parse_times(raw[EVENT_TIME])
+    times, time_missing, time_unparsable, time_range = _parse_times(raw[EVENT_TIME])
     if VALUE in raw.columns:
         values, not_numeric = _parse_numbers(raw[VALUE])
     else:
@@ -370,9 +482,20 @@ def validate_events(
     findings += [
         _mask_finding(REQUIRED, EVENT_TIME, time_missing),
         _mask_finding(UNPARSABLE_TIMESTAMP, EVENT_TIME, time_unparsable),
+        _mask_finding(TIMESTAMP_OUT_OF_RANGE, EVENT_TIME, time_range),
         _mask_finding(NOT_NUMERIC, VALUE, not_numeric),
     ]
-    return _finish("events", df, norm, findings)
+    findings += [
+        _mask_finding(PLACEHOLDER_ID, column, norm[column].str.lower().isin(PLACEHOLDERS))
+        for column in ID_COLUMNS
+    ]
+    notes = []
+    for column in TEXT_COLUMNS:
+        n = _trimmed(raw[column]) if column in raw else 0
+        if n:
+            noun = "value" if n == 1 else "values"
+            notes.append(f"{column}: {n} {noun} trimmed of surrounding spaces")
+    return _finish("events", df, norm, findings, tuple(notes))
 
 
 def validate_customers(
@@ -393,7 +516,7 @@ def validate_customers(
     """
     _check_columns(df, (CUSTOMER_ID, FIRST_SEEN), "customers")
     raw = df.reset_index(drop=True)
-    times, missing, unparsable = _parse_times(raw[FIRST_SEEN])
+    times, missing, unparsable, out_of_range = _parse_times(raw[FIRST_SEEN])
     norm = pd.DataFrame({CUSTOMER_ID: _as_text(raw[CUSTOMER_ID]), FIRST_SEEN: times})
     limit = resolve_now(now)
     schema = DataFrameSchema(
@@ -408,5 +531,9 @@ def validate_customers(
     findings += [
         _mask_finding(REQUIRED, FIRST_SEEN, missing),
         _mask_finding(UNPARSABLE_TIMESTAMP, FIRST_SEEN, unparsable),
+        _mask_finding(TIMESTAMP_OUT_OF_RANGE, FIRST_SEEN, out_of_range),
+        _mask_finding(
+            PLACEHOLDER_ID, CUSTOMER_ID, norm[CUSTOMER_ID].str.lower().isin(PLACEHOLDERS)
+        ),
     ]
     return _finish("customers", df, norm, findings)
