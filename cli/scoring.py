@@ -62,6 +62,14 @@ def score_command(
         table.add_row(name, f"{n:,}", _pct(n / max(run.rows, 1)))
     console.print(table)
     console.print(f"models: {versions}; {run.seconds:.1f} s -> {run.path}")
+    if run.lapsed:
+        console.print(
+            f"{run.lapsed:,} lapsed customers (no activity within "
+            f"labels.churn_active_within_days={c.params.labels.churn_active_within_days}) "
+            "are scored but listed apart: `engage at-risk --win-back`"
+        )
+    for line in run.warnings:
+        console.print(f"[yellow]warning: {escape(line)}[/yellow]")
 
 
 # -------------------------------------------------------------------------- at-risk
@@ -80,8 +88,18 @@ def at_risk_command(
     run: Annotated[
         str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
     ] = None,
+    win_back: Annotated[
+        bool,
+        typer.Option(
+            "--win-back", help="List the lapsed customers (no recent activity) instead."
+        ),
+    ] = False,
 ) -> None:
-    """Customers by value at risk (p_churn x CLV), with reasons and a suggested action."""
+    """Reachable customers by value at risk (p_churn x CLV), with reasons and an action.
+
+    Lapsed customers (no activity within labels.churn_active_within_days) are never in
+    this list: `--win-back` lists them apart.
+    """
     from serving.at_risk import FORMATS, at_risk_list, to_csv, to_json
 
     fmt = format_.lower()
@@ -89,7 +107,9 @@ def at_risk_command(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
     c = context(ctx)
     try:
-        info, frame = at_risk_list(c.paths, top=top, segment=segment, run_id=run)
+        info, frame = at_risk_list(
+            c.paths, top=top, segment=segment, run_id=run, win_back=win_back
+        )
     except (LookupError, ValueError) as err:
         fail(str(err))
     if fmt == "csv":
@@ -98,7 +118,8 @@ def at_risk_command(
     if fmt == "json":
         typer.echo(to_json(frame, info))
         return
-    title = f"top {len(frame)} at-risk customers, run {info.run_id} ({info.as_of:%Y-%m-%d})"
+    what = "lapsed customers to win back" if win_back else "at-risk customers"
+    title = f"top {len(frame)} {what}, run {info.run_id} ({info.as_of:%Y-%m-%d})"
     table = Table(title=title, show_lines=True)
     for col, justify in (
         ("customer", "left"),

@@ -1,8 +1,13 @@
-"""The at-risk list: customers of a scoring run by value at risk, with what to do.
+"""The at-risk list: reachable customers of a scoring run by value at risk, with actions.
 
 Only customers (the right half) are listed - a prospect has no value at risk - sorted by
 ``value_at_risk`` (p_churn x CLV) descending, optionally restricted to one segment.
-Each row carries its top 3 reasons and a suggested action (:func:`suggested_action`).
+The list holds the customers the churn model is about: still active within
+``labels.churn_active_within_days`` (the ``lapsed`` flag of the run is False). Lapsed
+customers (quiet for longer: mostly the At risk and Lost segments) are scored too, but
+go to a separate win-back list (``win_back=True``), so they never push reachable
+customers off the top of the retention list. Each row carries its top 3 reasons and a
+suggested action (:func:`suggested_action`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from engage.config import Paths
 from features.catalog import ENTITY_KEY
 from serving.index import EXIT, NURTURE, PURCHASE, RETENTION
-from serving.runs import RunInfo, read_run
+from serving.runs import RunInfo, find_run, read_run
 from serving.segments import (
     AT_RISK,
     GHOST,
@@ -64,32 +70,45 @@ def suggested_action(stage: str, segment: str) -> str:
 
 
 def at_risk_list(
-    paths: Paths, top: int = 20, segment: str | None = None, run_id: str | None = None
+    paths: Paths,
+    top: int = 20,
+    segment: str | None = None,
+    run_id: str | None = None,
+    win_back: bool = False,
 ) -> tuple[RunInfo, pd.DataFrame]:
-    """The ``top`` customers by value at risk of a scoring run.
+    """The ``top`` reachable customers by value at risk of a scoring run.
 
     Args:
         paths: resolved locations.
         top: number of rows.
         segment: keep only this segment (case and "-"/"_" for spaces do not matter).
         run_id: the scoring run (default: the latest).
+        win_back: list the lapsed customers instead (no activity within the churn
+            model's window), by value at risk.
 
     Returns:
         The run and a frame with ``customer_id``, ``p_churn``, ``stage``, ``segment``,
-        ``clv``, ``value_at_risk``, ``reasons`` (list of up to 3 sentences) and
-        ``action``.
+        ``clv``, ``value_at_risk``, ``lapsed``, ``reasons`` (list of up to 3 sentences)
+        and ``action``.
 
     Raises:
         ValueError: unknown segment (the message lists the valid ones) or top < 1.
-        LookupError: no scoring run, or an unknown run id.
+        LookupError: no scoring run, an unknown run id, or a run scored before the
+            lapsed flag existed (score again).
 
     """
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     wanted = normalise_segment(segment) if segment is not None else None
     columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
-    info, runs = read_run(paths, run_id, columns=[*columns, "value_at_risk"])
-    keep = runs["has_purchased"] == 1
+    info = find_run(paths, run_id)
+    if "lapsed" not in pq.read_schema(info.path).names:
+        raise LookupError(
+            f"scoring run {info.run_id} predates the lapsed flag, so reachable and lapsed "
+            "customers cannot be told apart: run `engage score` again"
+        )
+    _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", "lapsed"])
+    keep = (runs["has_purchased"] == 1) & (runs["lapsed"] == win_back)
     if wanted is not None:
         keep &= runs["segment"] == wanted
     picked = runs.loc[keep].nlargest(top, "value_at_risk", keep="first")
@@ -104,8 +123,6 @@ def at_risk_list(
 
 
 def _reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
-    import pyarrow.parquet as pq
-
     out: list[list[str]] = [[] for _ in rows]
     if len(rows) == 0:
         return out

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from serving.explain import REASON_TYPE
 RUN_PREFIX = "run="
 RUN_GLOB = f"{RUN_PREFIX}*.parquet"
 META_KEY = b"engage.scoring"
+CHECKS_KEY = b"engage.scoring.checks"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 SCHEMA = pa.schema(
@@ -45,6 +46,9 @@ SCHEMA = pa.schema(
         ("segment", pa.string()),
         ("clv", pa.float64()),
         ("value_at_risk", pa.float64()),
+        # A customer outside the churn model's population (no activity in its window):
+        # scored, but listed in the win-back list, not at the top of the at-risk list.
+        ("lapsed", pa.bool_()),
         ("reasons", pa.list_(REASON_TYPE)),
         ("run_id", pa.string()),
         ("churn_version", pa.string()),
@@ -75,12 +79,17 @@ def run_path(paths: Paths, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def run_writer(
-    paths: Paths, run_id: str, meta: dict[str, Any]
+    paths: Paths,
+    run_id: str,
+    meta: dict[str, Any],
+    checks: Callable[[], dict[str, Any]] | None = None,
 ) -> Iterator[Callable[[pa.Table], None]]:
     """Write a run atomically: yields ``write(table)`` for tables of :data:`SCHEMA`.
 
-    ``meta`` is stored in the file's schema metadata. On success the file is renamed to
-    :func:`run_path` (replacing a run with the same id); on any failure,
+    ``meta`` is stored in the file's schema metadata; ``checks()``, called once every
+    table is written, is stored under :data:`CHECKS_KEY` (what is known only at the end:
+    lapsed customers, rows outside the training ranges, warnings). On success the file
+    is renamed to :func:`run_path` (replacing a run with the same id); on any failure,
     KeyboardInterrupt included, the temporary file is removed.
     """
     final = run_path(paths, run_id)
@@ -90,6 +99,8 @@ def run_writer(
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             yield lambda table: writer.write_table(table.replace_schema_metadata(schema.metadata))
+            if checks is not None:
+                writer.add_key_value_metadata({CHECKS_KEY: json.dumps(checks()).encode()})
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -106,6 +117,7 @@ class RunInfo:
     scored_at: pd.Timestamp
     rows: int
     versions: dict[str, str]
+    checks: dict[str, Any] = field(default_factory=dict)
 
 
 def run_info(path: Path) -> RunInfo:
@@ -115,7 +127,7 @@ def run_info(path: Path) -> RunInfo:
         ValueError: the file is not a scoring run.
 
     """
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_metadata(path).metadata or {}
     raw = meta.get(META_KEY)
     if raw is None:
         raise ValueError(f"{path}: not a scoring run (no {META_KEY.decode()} metadata)")
@@ -127,6 +139,7 @@ def run_info(path: Path) -> RunInfo:
         scored_at=to_utc(m["scored_at"]),
         rows=int(m["rows"]),
         versions=m["versions"],
+        checks=json.loads(meta[CHECKS_KEY]) if CHECKS_KEY in meta else {},
     )
 
 

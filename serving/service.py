@@ -15,7 +15,7 @@ Endpoints (models and examples in ``serving/api_models.py``; OpenAPI page at ``G
   answered (status ``unknown_customer``, Nurture / New, null probabilities), not an error.
 - ``POST /predict_features`` ``{rows, explain, top_k}``: the same from feature values
   sent by the caller; a missing, unknown or ill-typed feature is a 400 naming it.
-- ``POST /at_risk`` ``{limit, segment, min_value_at_risk}``: the at-risk list of the
+- ``POST /at_risk`` ``{limit, segment, min_value_at_risk, win_back}``: the at-risk list of the
   latest batch scoring run (``engage score``).
 - ``GET /ready``: model versions, feature list and limits once loaded (503 before);
   BentoML's ``GET /livez`` / ``/healthz`` (liveness) and ``/readyz`` (readiness) too.
@@ -435,13 +435,19 @@ class EngageService:
 
     @bentoml.api(route="/at_risk", input_spec=AtRiskRequest)
     def at_risk(
-        self, limit: int = 20, segment: str | None = None, min_value_at_risk: float = 0.0
+        self,
+        limit: int = 20,
+        segment: str | None = None,
+        min_value_at_risk: float = 0.0,
+        win_back: bool = False,
     ) -> AtRiskResponse:
-        """Customers of the latest batch scoring run by value at risk, with actions."""
+        """Reachable customers of the latest batch run by value at risk (or the lapsed ones)."""
         from serving.at_risk import at_risk_list
 
         try:
-            info, frame = at_risk_list(self.config.paths, top=limit, segment=segment)
+            info, frame = at_risk_list(
+                self.config.paths, top=limit, segment=segment, win_back=win_back
+            )
         except ValueError as err:
             return error_response(400, str(err))
         except LookupError as err:

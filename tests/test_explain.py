@@ -201,7 +201,7 @@ def test_contributions_are_additive_and_agree_with_shap(pipeline, name):
     # C++ TreeSHAP ("internal") makes this an independent check of the same values.
     explainer = shap.TreeExplainer(model.booster)
     explainer.model.model_type = "internal"
-    sample = model.frame(rows.head(200))
+    sample = model.inputs_frame(rows.head(200))  # features and BG/NBD inputs
     values = explainer.shap_values(sample)
     np.testing.assert_allclose(values, contrib[:200], atol=1e-9)
     assert explainer.expected_value == pytest.approx(base[0], abs=1e-9)

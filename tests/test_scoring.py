@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.catalog import ENTITY_KEY
+from features.catalog import ENTITY_KEY, recency_feature
 from features.snapshots import list_snapshots, pick_snapshot
 from serving.at_risk import at_risk_list, suggested_action, to_csv, to_json
 from serving.champions import load_champions
@@ -166,7 +166,10 @@ def test_at_risk_list(pipeline, latest):
     assert info.run_id == latest.run_id and len(top) == 15
     _, scores = read_run(pipeline.paths, latest.run_id)
     customers = scores[scores["has_purchased"] == 1]
-    assert top["value_at_risk"].tolist() == customers["value_at_risk"].nlargest(15).tolist()
+    reachable = customers[~customers["lapsed"]]
+    # Reachable customers only, by construction: lapsed ones never fill the top.
+    assert not top["lapsed"].any()
+    assert top["value_at_risk"].tolist() == reachable["value_at_risk"].nlargest(15).tolist()
     assert top["reasons"].map(len).eq(3).all()
     assert all(
         a == suggested_action(s, g) for a, s, g in top[["action", "stage", "segment"]].values
@@ -179,6 +182,38 @@ def test_at_risk_list(pipeline, latest):
         at_risk_list(pipeline.paths, segment="vip")
     with pytest.raises(LookupError, match="no scoring run 'nope'"):
         at_risk_list(pipeline.paths, run_id="nope")
+
+    # The lapsed customers (no activity within the churn window) are a win-back list.
+    lapsed = customers[customers["lapsed"]]
+    assert len(lapsed) and not (scores.loc[scores["has_purchased"] == 0, "lapsed"]).any()
+    _, back = at_risk_list(pipeline.paths, top=10, win_back=True)
+    assert back["lapsed"].all()
+    assert back["value_at_risk"].tolist() == lapsed["value_at_risk"].nlargest(10).tolist()
+    # Lapsed = a customer none of whose activities is within the churn window.
+    params = pipeline.params
+    window = params.labels.churn_active_within_days
+    cols = [recency_feature(params, t) for t in params.labels.churn_activity_types]
+    snap = pd.read_parquet(pick_snapshot(pipeline.paths.features_dir).path)
+    snap = snap.set_index(ENTITY_KEY).loc[scores[ENTITY_KEY]]
+    active = (snap[cols] <= window).any(axis=1).to_numpy()
+    want = (snap["has_purchased"].to_numpy() == 1) & ~active
+    np.testing.assert_array_equal(scores["lapsed"].to_numpy(), want)
+    assert latest.lapsed == int(want.sum())
+    # Old runs without the flag cannot be split and say so.
+    import pyarrow.parquet as pq
+
+    from serving.runs import META_KEY
+
+    old = pq.read_table(latest.path).drop_columns(["lapsed"])
+    meta = json.loads(old.schema.metadata[META_KEY])
+    meta.update(run_id="old-run", scored_at="2000-01-01T00:00:00+00:00")  # never the latest
+    old_path = pipeline.paths.scores_dir / "run=old-run.parquet"
+    pq.write_table(old.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), old_path)
+    try:
+        with pytest.raises(LookupError, match="predates the lapsed flag.*engage score"):
+            at_risk_list(pipeline.paths, run_id="old-run")
+    finally:
+        old_path.unlink()
 
     doc = json.loads(to_json(top, info))
     assert doc["run_id"] == latest.run_id and len(doc["contacts"]) == 15

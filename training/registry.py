@@ -32,6 +32,7 @@ CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"  # the logged model's name in its run
 MODEL_DIR_ARTIFACT = "model_dir"  # the pyfunc artifact holding booster.txt + model.json
 HELD_OUT = "test_predictions.parquet"
+HELDOUT_MODEL = "heldout_model"  # the held-out LightGBM fit (model.json + booster.txt)
 METRICS = "metrics.json"
 PLOTS = "plots"
 _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
