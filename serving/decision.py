@@ -8,8 +8,11 @@ The input is one float64 matrix (rows x :attr:`Layout.inputs`, NaN = not observe
 fixed column order: every model's features, then what the segment and value rules read.
 Per model of :data:`engage.specs.MODEL_SPECS`: its calibrated probability for every
 contact or only for its own half, then the engagement index (:mod:`serving.index`), the
-lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`)
-and, on request, the top-k reasons of the model that decides each contact's stage.
+lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`),
+the ``lapsed`` flag (a customer outside the churn model's population: no activity within
+its window, read from the rule stored with the model) and, on request, the top-k reasons
+of the model that decides each contact's stage. Any kind of model works (LightGBM or a
+served baseline): the core only calls ``proba_matrix`` and the explainers.
 Everything is numpy: no frame is built, which is most of the cost of one contact.
 """
 

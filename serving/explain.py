@@ -1,5 +1,9 @@
 """Reasons: the top-k SHAP contributions behind each contact's stage, in plain language.
 
+(For a served baseline the contributions come from the model itself: exact linear SHAP
+for the logistic and RFM kinds, Shapley values over BG/NBD's three inputs; see
+:class:`Explainer`. The rest of this docstring is about LightGBM.)
+
 A contact's stage is decided by one model: the appetence model for a prospect (Nurture
 or Purchase), the churn model for a customer (Retention or Exit). Its reasons are the
 ``k`` features with the largest absolute TreeSHAP contribution to that model's margin,

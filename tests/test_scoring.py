@@ -277,3 +277,18 @@ def test_service_lookup_reads_the_packed_store_like_the_feast_sdk(pipeline, cham
     assert np.isnan(as_of[-2]) and np.isnan(X[-2]).all()
     np.testing.assert_array_equal(X[-1], X[0])
     assert np.isfinite(as_of[:-2]).all()
+
+
+def test_run_metadata_keeps_the_lapsed_count_and_the_range_check(pipeline, latest):
+    from serving.runs import run_info
+
+    checks = run_info(latest.path).checks
+    assert checks["lapsed"] == latest.lapsed > 0
+    assert checks["scored"] == latest.scored
+    assert checks["out_of_range"] == latest.out_of_range
+    assert checks["warnings"] == latest.warnings
+    # The churn model scores customers only, the appetence model every contact.
+    assert latest.scored["appetence"] == latest.rows > latest.scored["churn"] > 0
+    # The last snapshot is a month past the refit's last as-of time: the oldest contacts'
+    # tenure lies beyond anything the models were fitted on, and is counted.
+    assert latest.out_of_range["churn"].get("tenure_days", 0) > 0
