@@ -106,3 +106,19 @@ def test_summary_from_snapshot_features():
     assert x.tolist() == [0.0, 3.0, 0.0]
     assert tx.tolist() == [0.0, 95.0, 0.0]
     assert big_t.tolist() == [40.0, 100.0, 7.0]
+
+
+def test_a_population_that_never_drops_out_still_fits():
+    # Poisson buyers who never stop: the likelihood peaks at the boundary a -> 0 (a drop-out
+    # probability of 0), where it overflows unless the search is kept off it.
+    rng = np.random.default_rng(3)
+    n = 5000
+    big_t = rng.uniform(30, 365, n)
+    rate = rng.gamma(2.0, 1 / 60.0, n)
+    x = rng.poisson(rate * big_t).astype(float)
+    t_x = np.where(x > 0, big_t * rng.beta(np.maximum(x, 1), 1), 0.0)  # the last of x uniforms
+    m = fit_bgnbd(x, t_x, big_t, horizon_days=30)
+    assert m.a / (m.a + m.b) < 0.01  # barely anybody drops out
+    assert m.r / m.alpha == pytest.approx(rate.mean(), rel=0.15)  # the mean purchase rate
+    alive = m.p_alive(x, t_x, big_t)
+    assert np.isfinite(alive).all() and alive.min() > 0.5

@@ -78,19 +78,31 @@ def fit_bgnbd(
     scale = 10.0 / max(float(big_t.max()), 1e-9)
     xs, ts, bs = x, t_x * scale, big_t * scale
 
-    def loss(theta: np.ndarray) -> float:
+    def loss(theta: np.ndarray, penalty: float) -> float:
         r, alpha, a, b = np.exp(theta)
-        ll = log_likelihood(r, alpha, a, b, xs, ts, bs)
-        return -float(ll.mean()) + penalizer * float(np.sum(np.exp(theta) ** 2))
+        value = -float(log_likelihood(r, alpha, a, b, xs, ts, bs).mean())
+        value += penalty * float(np.sum(np.exp(theta) ** 2))
+        # Some histories push a parameter to a boundary (e.g. a -> 0: nobody ever drops
+        # out), where the likelihood overflows: a large finite value steers away from it.
+        return value if np.isfinite(value) else 1e10
 
-    result = minimize(loss, np.zeros(4), method="BFGS", options={"gtol": 1e-8})
-    if not (result.success and np.isfinite(result.fun)):
-        # BFGS from the origin converges in a few hundred evaluations on real data; a
-        # derivative-free start rescues the rare surface where it stalls.
-        start = minimize(loss, np.zeros(4), method="Nelder-Mead", options={"maxiter": 4000})
-        result = minimize(loss, start.x, method="BFGS", options={"gtol": 1e-8})
-    if not np.isfinite(result.fun):
-        raise ValueError(f"fit_bgnbd: the optimiser did not converge ({result.message})")
+    result = None
+    for penalty in (penalizer, *(p for p in (1e-3, 1e-2, 1e-1) if p > penalizer)):
+        tries = [
+            minimize(loss, np.zeros(4), args=(penalty,), method="BFGS", options={"gtol": 1e-8}),
+            # Bounded log-parameters (e^-15 .. e^15) keep the search off the overflow.
+            minimize(
+                loss, np.zeros(4), args=(penalty,), method="L-BFGS-B", bounds=[(-15, 15)] * 4
+            ),
+        ]
+        finite = [
+            t for t in tries if np.isfinite(t.fun) and t.fun < 1e10 and np.abs(t.x).max() < 30
+        ]
+        if finite:
+            result = min(finite, key=lambda t: t.fun)
+            break
+    if result is None:
+        raise ValueError("fit_bgnbd: the optimiser did not converge, even with a penalty")
     r, alpha, a, b = np.exp(result.x)
     return BGNBD(
         r=float(r),
