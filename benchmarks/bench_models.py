@@ -55,12 +55,13 @@ def prepare(data_dir: Path, customers: int, days: int):
 
     params = load_params(overrides=(f"simulate.customers={customers}", f"simulate.days={days}"))
     paths = resolve_paths(params)
-    if not paths.events.exists():
+    built = not paths.events.exists()
+    if built:
         simulate_to_parquet(params.simulate, params.data, paths.events, paths.customers)
         summary = build_features(params, paths.events, paths.customers, paths.features_dir)
         apply_repo(paths)
         materialize_snapshot(get_store(paths), max(summary.snapshots))
-    return params, paths
+    return params, paths, built
 
 
 def train_all(params, paths) -> tuple[dict, dict]:
@@ -138,7 +139,7 @@ def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def report(params, results: dict, ablation: dict, lists: dict, setup_s: float) -> str:
+def report(params, results: dict, ablation: dict, lists: dict, setup_s: float | None) -> str:
     from training.fit_evaluate import DISPLAY
 
     lines = []
@@ -201,8 +202,13 @@ def report(params, results: dict, ablation: dict, lists: dict, setup_s: float) -
     lines += [""]
     for w in run.warnings:
         lines += [f"Scoring warning: {w}", ""]
+    data = (
+        f"Data set built in {setup_s:.0f} s (not counted)."
+        if setup_s is not None
+        else "Data set (events, snapshots, Feast) reused from an earlier run of this command."
+    )
     lines += [
-        f"Data set built in {setup_s:.0f} s (not counted). All methods of a model are fitted "
+        f"{data} All methods of a model are fitted "
         "on the same training as-of times and scored on the same later test as-of times "
         "(purged split, `training.test_snapshots`); the gate serves LightGBM only if its "
         f"test {params.training.promotion_metric} beats the best baseline's.",
@@ -225,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = Path(tmp)
     try:
         began = time.perf_counter()
-        params, paths = prepare(data_dir, args.customers, args.days)
-        setup_s = time.perf_counter() - began
+        params, paths, built = prepare(data_dir, args.customers, args.days)
+        setup_s = time.perf_counter() - began if built else None
         results, frames = train_all(params, paths)
         ablation = ablations(params, frames)
         lists = at_risk_lists(params, paths, args.top)

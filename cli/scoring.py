@@ -90,9 +90,7 @@ def at_risk_command(
     ] = None,
     win_back: Annotated[
         bool,
-        typer.Option(
-            "--win-back", help="List the lapsed customers (no recent activity) instead."
-        ),
+        typer.Option("--win-back", help="List the lapsed customers (no recent activity) instead."),
     ] = False,
 ) -> None:
     """Reachable customers by value at risk (p_churn x CLV), with reasons and an action.
@@ -107,9 +105,7 @@ def at_risk_command(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
     c = context(ctx)
     try:
-        info, frame = at_risk_list(
-            c.paths, top=top, segment=segment, run_id=run, win_back=win_back
-        )
+        info, frame = at_risk_list(c.paths, top=top, segment=segment, run_id=run, win_back=win_back)
     except (LookupError, ValueError) as err:
         fail(str(err))
     if fmt == "csv":

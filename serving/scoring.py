@@ -218,9 +218,7 @@ class RangeCheck:
         for name, counts in self.counts.items():
             total = max(self.rows[name], 1)
             ranges = self.champions[name].feature_ranges()
-            hot = sorted(
-                ((n, f) for f, n in counts.items() if n / total >= share), reverse=True
-            )
+            hot = sorted(((n, f) for f, n in counts.items() if n / total >= share), reverse=True)
             if not hot:
                 continue
             parts = [

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
 import os
 import warnings
@@ -454,7 +453,12 @@ class EngageService:
             return error_response(404, str(err))
         # The list is sorted by value at risk, so the kept rows are the top of the rest.
         frame = frame[frame["value_at_risk"] >= min_value_at_risk]
-        contacts = json.loads(frame.to_json(orient="records"))
+        # Exact floats: pandas' JSON writer keeps at most 15 significant digits, and a
+        # client filtering on a value it was sent would miss it by the rounding.
+        contacts = [
+            {k: v.item() if hasattr(v, "item") else v for k, v in rec.items()}
+            for rec in frame.to_dict(orient="records")
+        ]
         return AtRiskResponse.model_validate(
             {
                 "run_id": info.run_id,

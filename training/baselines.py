@@ -90,9 +90,11 @@ def linear_from_pipeline(pipeline: Pipeline, X: pd.DataFrame) -> Linear:
     _, imputer, scaler, lr = (step for _, step in pipeline.steps)
     n = X.shape[1]
     coef, mean, scale = lr.coef_[0], scaler.mean_, scaler.scale_
-    indicators = {} if imputer.indicator_ is None else {
-        int(j): n + i for i, j in enumerate(imputer.indicator_.features_)
-    }
+    indicators = (
+        {}
+        if imputer.indicator_ is None
+        else {int(j): n + i for i, j in enumerate(imputer.indicator_.features_)}
+    )
     terms = []
     x = X.to_numpy(dtype="float64")
     for j in range(n):
@@ -159,9 +161,7 @@ def ecdf_grid(values: np.ndarray, points: int = ECDF_POINTS) -> tuple[list[float
     return grid.tolist(), ((below + upto) / (2.0 * len(v))).tolist()
 
 
-def fit_rfm(
-    name: str, X: pd.DataFrame, model: str, trained_for: dict[str, Any]
-) -> EngageModel:
+def fit_rfm(name: str, X: pd.DataFrame, model: str, trained_for: dict[str, Any]) -> EngageModel:
     """The RFM heuristic as a model (kind ``rfm``), not yet calibrated.
 
     score = mean of the percentile ranks of recency (of the last purchase), frequency and

@@ -91,9 +91,7 @@ def fit_bgnbd(
         tries = [
             minimize(loss, np.zeros(4), args=(penalty,), method="BFGS", options={"gtol": 1e-8}),
             # Bounded log-parameters (e^-15 .. e^15) keep the search off the overflow.
-            minimize(
-                loss, np.zeros(4), args=(penalty,), method="L-BFGS-B", bounds=[(-15, 15)] * 4
-            ),
+            minimize(loss, np.zeros(4), args=(penalty,), method="L-BFGS-B", bounds=[(-15, 15)] * 4),
         ]
         finite = [
             t for t in tries if np.isfinite(t.fun) and t.fun < 1e10 and np.abs(t.x).max() < 30

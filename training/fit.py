@@ -72,9 +72,7 @@ def _lgb_params(params: LightGBMParams, seed: int, monotone: list[int] | None) -
     )
     if monotone is not None and any(monotone):
         # "intermediate" loses less accuracy than "basic" for the same guarantee.
-        out.update(
-            monotone_constraints=list(monotone), monotone_constraints_method="intermediate"
-        )
+        out.update(monotone_constraints=list(monotone), monotone_constraints_method="intermediate")
     return out
 
 
@@ -160,8 +158,8 @@ def fit_engage_model(
         monotone: known direction (+1 / -1) per input name; others are free.
 
     """
-    lgb_params = adapt_to_rows(params.lightgbm, train_y) if params.adapt_to_rows else (
-        params.lightgbm
+    lgb_params = (
+        adapt_to_rows(params.lightgbm, train_y) if params.adapt_to_rows else (params.lightgbm)
     )
     shell = EngageModel(
         name=name,

@@ -336,8 +336,10 @@ class LinearTerm:
         if not isinstance(doc, dict):
             raise ModelFormatError(f"{where}: must be an object")
         feature = doc.get("feature")
-        if isinstance(feature, bool) or not isinstance(feature, int) or not (
-            0 <= feature < n_features
+        if (
+            isinstance(feature, bool)
+            or not isinstance(feature, int)
+            or not (0 <= feature < n_features)
         ):
             raise ModelFormatError(
                 f"{where}.feature: must be a feature index in [0, {n_features}), got {feature!r}"
@@ -736,9 +738,7 @@ def read_model_dir(folder: Path) -> EngageModel:
         except (UnicodeDecodeError, lgb.basic.LightGBMError) as err:
             raise ModelFormatError(f"{booster_path}: not a LightGBM text model ({err})") from None
         if booster.feature_name() != [*features, *derived]:
-            raise ModelFormatError(
-                f"{booster_path}: its features differ from those of {path.name}"
-            )
+            raise ModelFormatError(f"{booster_path}: its features differ from those of {path.name}")
     return EngageModel(
         name=str(doc.get("name", "")),
         features=features,
