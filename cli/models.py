@@ -63,6 +63,7 @@ def train_models(c: Context, model: str) -> list:
 
 def _train(c: Context, model: str) -> list:
     from engage.faults import fault_point
+    from training.fit_evaluate import DISPLAY
     from training.train import train_model
 
     names = list(MODEL_NAMES) if model == "all" else [model]
@@ -78,20 +79,43 @@ def _train(c: Context, model: str) -> list:
             except (FileNotFoundError, ValueError, LookupError) as err:
                 fail(f"{name}: {err}")
         results.append(result)
-        table = Table(title=f"{name} v{lit(result.version)} -> @{result.alias} (test period)")
-        for col in ("method", "ROC-AUC", "PR-AUC", "log loss", "Brier", "ECE", "lift@10%"):
+        table = Table(
+            title=f"{name} v{lit(result.version)} -> @{result.alias} ({result.kind}; test period)"
+        )
+        for col in (
+            "method",
+            "ROC-AUC",
+            "PR-AUC",
+            "prec@10%",
+            "log loss",
+            "Brier",
+            "ECE",
+            "lift@10%",
+        ):
             table.add_column(col, justify="right" if col != "method" else "left")
         for who, m in result.metrics.items():
+            label = DISPLAY.get(who, who) + (" (served)" if who == result.chosen else "")
             table.add_row(
-                lit(who),
+                lit(label),
                 f"{m['roc_auc']:.4f}",
                 f"{m['pr_auc']:.4f}",
+                f"{m['precision_top_decile']:.3f}",
                 *(f"{m[k]:.4f}" if k in m else "-" for k in ("log_loss", "brier", "ece")),
                 f"{m['lift_top_decile']:.2f}",
             )
         console.print(table)
+        style = "green" if result.chosen == "model" else "bold yellow"
+        console.print(f"[{style}]selection: {escape(result.selection)}[/{style}]")
         console.print(f"gate: {escape(result.reason)}")
+        model_facts = result.engage_model.training
+        if model_facts.get("refit"):
+            console.print(
+                f"[dim]refit on {model_facts['refit_rows']:,} rows, as-of "
+                f"{escape(model_facts['refit_as_of'])}[/dim]"
+            )
         console.print(f"[dim]split: {lit(result.ranges)}[/dim]")
+        for line in result.warnings:
+            console.print(f"[yellow]warning: {escape(line)}[/yellow]")
     return results
 
 

@@ -185,6 +185,7 @@ def test_predict_agrees_with_batch_scoring(client, batch, sample_ids):
     np.testing.assert_allclose(got["value_at_risk"], want["value_at_risk"], rtol=1e-9)
     assert got["stage"].tolist() == want["stage"].tolist()
     assert got["segment"].tolist() == want["segment"].tolist()
+    assert got["lapsed"].tolist() == want["lapsed"].tolist()
     # Same models, same typical values: the same top-3 reasons, word for word.
     for cid in sample_ids:
         online = [r["text"] for r in got.loc[cid, "reasons"]]

@@ -3,10 +3,12 @@
 This module owns what is stored in MLflow and where: the tracking store is SQLite
 (``<mlruns>/mlflow.db``) with artifacts under ``<mlruns>/artifacts/<experiment>`` (the
 plain-folder store is deprecated, and an explicit artifact location keeps artifacts out
-of the current directory). A training run holds ``metrics.json``, ``plots/*.png``, the
-held-out predictions ``test_predictions.parquet`` and the model (models-from-code pyfunc
-whose artifact ``model_dir`` holds ``booster.txt`` and ``model.json``). Every other module
-reads them through the functions here.
+of the current directory). A training run holds ``metrics.json`` (every method's test
+metrics), ``plots/*.png``, the held-out predictions ``test_predictions.parquet`` (``p``:
+the served method's held-out fit, ``p_<method>``: each method's), the held-out LightGBM
+fit ``heldout_model/`` and the served model (models-from-code pyfunc whose artifact
+``model_dir`` holds ``model.json``, and ``booster.txt`` for LightGBM; a baseline is served
+when LightGBM does not beat it). Every other module reads them through the functions here.
 
 Loading is **read-only**: :func:`load_model` and :func:`champion_version` read the
 registry tables of ``mlflow.db`` through a read-only SQLite connection (``mode=ro``) and
@@ -43,6 +45,7 @@ CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"  # the logged model's name in its run
 MODEL_DIR_ARTIFACT = "model_dir"  # the pyfunc artifact holding booster.txt + model.json
 HELD_OUT = "test_predictions.parquet"
+HELDOUT_MODEL = "heldout_model"  # the held-out LightGBM fit (model.json + booster.txt)
 METRICS = "metrics.json"
 PLOTS = "plots"
 MLFLOW_DB = "mlflow.db"
@@ -202,8 +205,8 @@ def alias_version(client, name: str, alias: str = CHAMPION) -> str | None:
 def log_model(model: EngageModel, example: pd.DataFrame, requirements: list[str]):
     """Log ``model`` in the active run as a models-from-code pyfunc and register it.
 
-    The model goes in as text and JSON (``booster.txt``, ``model.json``) with the code
-    that reads them; no Python object is pickled. Returns MLflow's ModelInfo (its
+    The model goes in as text and JSON (``model.json``, plus ``booster.txt`` for LightGBM)
+    with the code that reads them; no Python object is pickled. Returns MLflow's ModelInfo (its
     ``registered_model_version`` is the new version).
     """
     import mlflow
