@@ -126,7 +126,8 @@ def at_risk_list(
     info = find_run(paths, run_id)
     extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
     _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
-    keep = (runs["has_purchased"] == 1) & pd.Series(lapsed(runs) == win_back, index=runs.index)
+    runs["lapsed"] = lapsed(runs)
+    keep = (runs["has_purchased"] == 1) & (runs["lapsed"] == win_back)
     if wanted is not None:
         keep &= runs["segment"] == wanted
     if stage is not None:
@@ -134,7 +135,7 @@ def at_risk_list(
     picked = runs.loc[keep].nlargest(top, "value_at_risk", keep="first")
     # Read the reasons only for the rows shown: at 1M contacts they dominate the file.
     reasons = reasons_of(info, picked.index.to_numpy())
-    out = picked.drop(columns=["has_purchased", *extra]).reset_index(drop=True)
+    out = picked.drop(columns="has_purchased").reset_index(drop=True)
     out["reasons"] = reasons
     out["action"] = [
         suggested_action(st, sg) for st, sg in zip(out["stage"], out["segment"], strict=True)

@@ -211,7 +211,7 @@ def test_at_risk_list(pipeline, latest):
     want = (snap["has_purchased"].to_numpy() == 1) & ~active
     np.testing.assert_array_equal(scores["lapsed"].to_numpy(), want)
     assert latest.lapsed == int(want.sum())
-    # Old runs without the flag cannot be split and say so.
+    # Old runs without the flag fall back on the segments: Lost and At risk are lapsed.
     import pyarrow.parquet as pq
 
     from serving.runs import META_KEY
@@ -222,8 +222,10 @@ def test_at_risk_list(pipeline, latest):
     old_path = pipeline.paths.scores_dir / "run=old-run.parquet"
     pq.write_table(old.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), old_path)
     try:
-        with pytest.raises(LookupError, match="predates the lapsed flag.*engage score"):
-            at_risk_list(pipeline.paths, run_id="old-run")
+        _, old_top = at_risk_list(pipeline.paths, top=50, run_id="old-run")
+        assert not old_top["segment"].isin(["Lost", "At risk"]).any()
+        _, old_back = at_risk_list(pipeline.paths, top=50, run_id="old-run", win_back=True)
+        assert old_back["segment"].isin(["Lost", "At risk"]).all() and len(old_back)
     finally:
         old_path.unlink()
 
