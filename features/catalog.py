@@ -60,7 +60,9 @@ class FeatureSpec:
             ``$as_of_us`` (the as-of time in epoch µs).
         zero: the value of a customer with no event at all is 0 (counts, sums), not null.
         unit: what one unit of the value is (``days``, ``count``, ``rate``, ``flag``,
-            ``ratio``, ``seconds``, or the ``data.value_units`` entry of a ``value``);
+            ``ratio`` (a trend in [-1, 1]), ``share`` ([0, 1]), ``per_period`` (a count per
+            ``RATE_DAYS`` days), ``amount_per_period``, ``multiple`` (a ratio >= 0),
+            ``seconds``, or the ``data.value_units`` entry of a ``value``);
             None when unknown.
         window_days: the look-back window of a windowed count, sum, rate or trend.
         kind: what sort of aggregate it is, for sentences that a person reads
@@ -255,7 +257,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             f"{conv} events per {RATE_DAYS} days of known life (tenure, at least a day)",
             _per_tenure(_n(conv)),
-            unit="rate",
+            unit="per_period",
         ),
         FeatureSpec(
             f"revenue_per_{RATE_DAYS}_days",
@@ -263,7 +265,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             f"{conv} amounts per {RATE_DAYS} days of known life (tenure, at least a day)",
             _per_tenure(f"coalesce({_s(conv)}, 0)"),
-            unit="rate",
+            unit="amount_per_period",
         ),
         FeatureSpec(
             "purchase_overdue_ratio",
@@ -271,7 +273,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             f"days since the last {conv} / mean days between two (1 = one usual gap)",
             f"({_of('min_age', conv)}) / nullif({_gap(conv)}, 0)",
-            unit="ratio",
+            unit="multiple",
         ),
         FeatureSpec(
             "inactive_share_of_tenure",
@@ -279,7 +281,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             "float",
             "share of the known life since the last own action (0 = just acted, 1 = never since)",
             f"({last_event_sql}) / {TENURE_SQL}",
-            unit="ratio",
+            unit="share",
         ),
     ]
     for w in fp.rfm_windows_days:
@@ -420,7 +422,7 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
                 "float",
                 f"own actions (all types but sent e-mails) per {RATE_DAYS} days of known life",
                 _per_tenure(" + ".join(_n(t) for t in active)),
-                unit="rate",
+                unit="per_period",
             )
         )
         recent, both = _n_in(active, d), _n_in(active, 2 * d)
@@ -455,10 +457,13 @@ def _kind(spec: FeatureSpec, conv: str) -> str:
         "avg_order_value": "average",
         "purchases_total": "count",
         "revenue_total": "sum",
+        "purchase_overdue_ratio": "overdue",
+        "inactive_share_of_tenure": "inactive_share",
     }
     if n in fixed:
         return fixed[n]
     patterns = [
+        (r".*_per_\d+_days$", "per_period"),
         (r"days_since_last_", "recency"),
         (r"mean_days_between_", "interval"),
         (r"cart_abandonment_", "abandonment"),
@@ -559,6 +564,14 @@ def value_rules(params: Params) -> dict[str, ValueRule]:
             rule = ValueRule(0, 1, False, "a rate")
         elif unit == "ratio":
             rule = ValueRule(-1, 1, False, "a trend")
+        elif unit == "share":
+            rule = ValueRule(0, 1, False, "a share")
+        elif unit == "per_period":
+            rule = ValueRule(0, MAX_COUNT, False, f"a count per {RATE_DAYS} days")
+        elif unit == "amount_per_period":
+            rule = ValueRule(0, MAX_AMOUNT, False, f"an amount per {RATE_DAYS} days")
+        elif unit == "multiple":
+            rule = ValueRule(0, MAX_MAGNITUDE, False, "a multiple")
         elif unit == "seconds":
             rule = ValueRule(0, MAX_SECONDS, False, "a number of seconds")
         elif unit in amount_units:

@@ -275,16 +275,16 @@ class AtRiskCache:
         columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
         extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
         _, runs = read_run(self.paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
-        runs["_lapsed"] = lapsed(runs)
-        customers = runs.loc[runs["has_purchased"] == 1].drop(columns=["has_purchased", *extra])
+        runs["lapsed"] = lapsed(runs)
+        customers = runs.loc[runs["has_purchased"] == 1].drop(columns="has_purchased")
         ranked = customers.sort_values("value_at_risk", ascending=False, kind="stable")
         tops: dict[tuple[bool, str | None], pd.DataFrame] = {}
-        for flag, part in ranked.groupby("_lapsed", sort=False):
-            part = part.drop(columns="_lapsed")
+        for flag, part in ranked.groupby("lapsed", sort=False):
             tops[(bool(flag), None)] = part.head(self.depth)
             for name, group in part.groupby("segment", sort=False):
                 tops[(bool(flag), str(name))] = group.head(self.depth)
-        rows = np.unique(np.concatenate([t.index.to_numpy() for t in tops.values()]))
+        kept = [t.index.to_numpy() for t in tops.values()]
+        rows = np.unique(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
         reasons = dict(zip(rows.tolist(), reasons_of(info, rows), strict=True))
         lists: dict[tuple[bool, str | None], list[dict]] = {}
         for name, top in tops.items():
@@ -294,6 +294,7 @@ class AtRiskCache:
                     k: (None if isinstance(v, float) and math.isnan(v) else v)
                     for k, v in rec.items()
                 }
+                rec["lapsed"] = bool(rec["lapsed"])
                 rec["reasons"] = reasons[i]
                 rec["action"] = suggested_action(rec["stage"], rec["segment"])
                 out.append(rec)

@@ -322,7 +322,12 @@ def _score(
     start: float,
 ) -> ScoreRun:
     snap = pick_snapshot(paths.features_dir, as_of)
-    champions = champions or load_champions(paths, params)
+    if champions is None:
+        from training.registry import relocate_artifacts
+
+        # A batch command may write: a copied or moved store follows its folder first.
+        relocate_artifacts(paths)
+        champions = load_champions(paths, params)
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
     run_id = run_id or default_run_id(

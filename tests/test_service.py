@@ -400,6 +400,15 @@ def test_at_risk_lists_the_latest_run(client, pipeline, batch):
     resp = client.post("/at_risk", json={"limit": 3, "segment": segment.upper()})
     assert resp.status_code == 400 and "segment" in resp.json()["error"]
 
+    # Reachable customers by default; the lapsed ones only on the win-back list.
+    assert not any(c["lapsed"] for c in body["contacts"])
+    resp = client.post("/at_risk", json={"limit": 5, "win_back": True})
+    assert resp.status_code == 200, resp.text
+    _, back = at_risk_list(pipeline.paths, top=5, win_back=True)
+    contacts = resp.json()["contacts"]
+    assert [c["customer_id"] for c in contacts] == back[ENTITY_KEY].tolist()
+    assert contacts and all(c["lapsed"] for c in contacts)
+
 
 # --------------------------------------------------------- API key and stale flag
 

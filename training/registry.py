@@ -25,7 +25,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -425,6 +425,9 @@ def load_model(paths: Paths, name: str, alias: str = CHAMPION) -> tuple[EngageMo
     """
     ref = champion_ref(paths, name, alias)
     if urlsplit(ref.source).scheme in ("", "file"):
+        # A copied or moved data dir whose store was not rewritten (read-only, or the
+        # service, which never writes): the same files under this mlruns folder.
+        ref = replace(ref, source=local_artifact_uri(paths, ref.source))
         return read_model_dir(local_model_dir(ref)), ref.version
     with tempfile.TemporaryDirectory() as tmp:
         model = read_model_dir(_local_model_dir(ref, Path(tmp)))
