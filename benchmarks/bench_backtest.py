@@ -83,10 +83,12 @@ def section_body(results: list[bt.BacktestResult], commit: str) -> str:
         "difference); *best baseline* = the baseline with the highest ROC-AUC in that cell "
         "(chosen on the same contacts, which favours the baselines a little); verdict *win* / "
         "*loss* when the interval of Δ ROC-AUC is above / below 0, else *tie*. "
-        f"**These figures are for the models as they are at commit {commit}** (LightGBM "
-        "champions; the gate compares them with the previous champion only); they are to be "
-        "rerun after the branch that lets the gate serve the best baseline, refits on recent "
-        "data and adds monotone constraints and BTYD inputs is merged."
+        f"**These figures are for the models as they are at commit {commit}**: the gate "
+        "serves LightGBM only when it beats the best baseline of its own training run "
+        "(recency, RFM, logistic regression, and BG/NBD for purchases) on that run's test "
+        "period, and otherwise registers that baseline as the champion; the served model is "
+        "refitted on every labelled as-of time. The *champion* column says which kind was "
+        "served in each cell."
     )
     parts = [intro]
     for r in results:
