@@ -234,11 +234,18 @@ class RangeCheck:
         self.rows: dict[str, int] = dict.fromkeys(champions.models, 0)
 
     def add(self, X: np.ndarray) -> None:
-        """Count the rows of one batch (the decision matrix) each model scores."""
+        """Count the rows of one batch (the decision matrix) in each model's population."""
         half = X[:, self.layout.columns[HALF]]
         for name, model in self.champions.models.items():
             spec = MODEL_SPECS[name]
             rows = np.ones(len(X), dtype=bool) if spec.scores_everyone else half == spec.half
+            population = self.layout.populations.get(name)
+            if population is not None:
+                # Rows outside the model's population (lapsed customers) are outside its
+                # training range by definition: not a sign of extrapolation.
+                cols, days = population
+                with np.errstate(invalid="ignore"):
+                    rows &= (X[:, cols] <= days).any(axis=1)
             x = X[np.ix_(rows, self.layout.model_columns[name])]
             self.rows[name] += len(x)
             for feature, n in model.out_of_range(x).items():

@@ -94,6 +94,17 @@ def test_rows_outside_the_training_range_are_counted_and_reported():
     assert line.startswith("churn: scored rows outside the training range of 1 feature(s):")
     assert f"tenure_days {want_tenure:,} rows ({want_tenure / 1000:.1%}; trained on" in line
     assert check.warnings(0.99) == []
+    # A model with an activity rule counts only the rows of its population: here contacts
+    # active within 60 days (500, NaN, NaN and 61 days are outside it, -1 is inside).
+    layout.populations["churn"] = (np.array([layout.columns["days_since_last_event"]]), 60)
+    inside = RangeCheck(champions, layout)
+    inside.add(X)
+    active = (later["days_since_last_event"] <= 60).to_numpy()
+    assert inside.rows["churn"] == int(active.sum()) == 996
+    assert inside.counts["churn"] == {
+        "days_since_last_event": 1,
+        "tenure_days": int((later.loc[active, "tenure_days"] > hi).sum()),
+    }
 
 
 def test_monotone_directions_follow_the_families():

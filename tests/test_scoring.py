@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -304,8 +305,12 @@ def test_run_metadata_keeps_the_lapsed_count_and_the_range_check(pipeline, lates
     assert checks["scored"] == latest.scored
     assert checks["out_of_range"] == latest.out_of_range
     assert checks["warnings"] == latest.warnings
-    # The churn model scores customers only, the appetence model every contact.
+    # The churn model scores customers only, the appetence model every contact; the range
+    # check counts the churn model's population (lapsed customers are outside it).
     assert latest.scored["appetence"] == latest.rows > latest.scored["churn"] > 0
+    customers = int(pq.read_table(latest.path, columns=["has_purchased"])["has_purchased"]
+                    .to_numpy().sum())  # fmt: skip
+    assert latest.scored["churn"] + latest.lapsed == customers
     # The last snapshot is a month past the refit's last as-of time: the oldest contacts'
     # tenure lies beyond anything the models were fitted on, and is counted.
     assert latest.out_of_range["churn"].get("tenure_days", 0) > 0
