@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.markup import escape
 
+from cli.help import EngageGroup
 from cli.ui import console
 from engage.config import ConfigError, Params, Paths, load_params, resolve_paths
 
@@ -32,14 +33,21 @@ OFFLINE_ENV = {
 }
 
 app = typer.Typer(
+    cls=EngageGroup,
     help="Churn and appetence prediction on an engagement index.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Create, import and validate event data.", no_args_is_help=True)
-features_app = typer.Typer(help="Build point-in-time features into Feast.", no_args_is_help=True)
+data_app = typer.Typer(
+    cls=EngageGroup, help="Create, import and validate event data.", no_args_is_help=True
+)
+features_app = typer.Typer(
+    cls=EngageGroup, help="Build point-in-time features into Feast.", no_args_is_help=True
+)
 bench_app = typer.Typer(
-    help="Evaluate the models against simple baselines on real data.", no_args_is_help=True
+    cls=EngageGroup,
+    help="Evaluate the models against simple baselines on real data.",
+    no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
@@ -75,6 +83,14 @@ def step(title: str) -> Iterator[None]:
     console.print(f"[dim]{title}: {time.perf_counter() - start:.1f} s[/dim]")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from engage import __version__
+
+        console.print(f"engage {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -92,6 +108,12 @@ def main(
         list[str] | None,
         typer.Option("--set", help="Override a parameter: dotted.key=value (repeatable)."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Read params.yaml once for the command."""
     for var, value in OFFLINE_ENV.items():
