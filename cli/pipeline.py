@@ -79,7 +79,7 @@ def run(
     with step("2. features"):
         build_features(c, None)
     with step("3. models"):
-        train_models(c, "all")
+        train_models(c, "all", force=False)
     with step("4. batch scoring"):
         score_recent(c)
     with step("5. report"):

@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from engage.config import LightGBMParams, TrainingParams
 from training.model import CALIBRATION_METHODS, Calibrator, EngageModel
+from training.progress import lightgbm_callbacks
 
 
 def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator:
@@ -69,7 +70,10 @@ def fit_booster(
         train,
         num_boost_round=params.n_estimators,
         valid_sets=[valid],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+            *lightgbm_callbacks(),
+        ],
     )
     # Keep only the trees up to the best iteration, so every later predict (stored,
     # served, explained) uses the same model without remembering best_iteration.
