@@ -59,7 +59,8 @@ def train_models(c: Context, model: str, force: bool = True) -> list:
                     "interrupted training marked FAILED"
                 )
             names = list(MODEL_NAMES) if model == "all" else [model]
-            if not force:
+            if not force and c.paths.events.exists():
+                # Without events training fails with its own message (what to run).
                 names = _needing_training(c, names)
             return _train(c, names)
     except StoreBusyError as err:
