@@ -82,7 +82,13 @@ def test_readme_walkthrough_from_a_csv_export_to_an_at_risk_list(tmp_path, monke
         assert "Traceback" not in result.output
         outputs.append(result.output)
 
-    ingest, _, train, score, at_risk = outputs
+    ingest, features, train, score, at_risk = outputs
+    # No e-mails, no NPS in a shop export: the build says which features are empty.
+    flat = " ".join(features.split())
+    assert "no events of type email_sent, email_open, email_click" in flat, features
+    assert (
+        "open_rate_30d" in flat and "KPIs without data (left out of the report): CTR, NPS" in flat
+    )
     rows = len(export)
     assert f"{rows} rows = {rows} good + 0 bad" in ingest, ingest
     stored = read_events(data_dir / "events.parquet")
@@ -92,6 +98,13 @@ def test_readme_walkthrough_from_a_csv_export_to_an_at_risk_list(tmp_path, monke
     assert "contacts" in score
     listed = [line for line in at_risk.splitlines() if re.search(r"\bu\d{7}\b", line)]
     assert listed, at_risk
+
+    # The report leaves the KPIs without data out instead of drawing empty axes.
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    page = (data_dir / "reports" / "report.html").read_text()
+    assert "kpi-retention" in page and "kpi-ctr" not in page and "kpi-nps" not in page
+    assert "CTR and NPS: left out" in page
 
     # The same export again: nothing added, the store unchanged.
     result = CliRunner().invoke(app, commands[0])
