@@ -53,7 +53,8 @@ def build_pipeline(data_dir: Path, customers: int, days: int) -> dict:
     trees = {}
     for model in MODEL_NAMES:
         result = train_model(paths, params, model)
-        trees[model] = result.engage_model.booster.num_trees()
+        booster = result.engage_model.booster  # None when a baseline is served
+        trees[model] = booster.num_trees() if booster is not None else 0
     return {"setup_s": time.perf_counter() - began, "trees": trees}
 
 
@@ -132,7 +133,10 @@ def worker(mode: str, data_dir: Path) -> dict:
         "load_s": load_s,
         "file_mb": size_mb,
         "as_of": str(pick_snapshot(paths.features_dir).as_of),
-        "trees": {n: m.booster.num_trees() for n, m in champions.models.items()},
+        "trees": {
+            n: m.booster.num_trees() if m.booster is not None else 0
+            for n, m in champions.models.items()
+        },
         "features": len(champions.features),
         "batch_rows": params.scoring.batch_rows,
         "top_k": params.scoring.top_k_reasons,

@@ -88,11 +88,12 @@ def _needing_training(c: Context, names: list[str]) -> list[str]:
     return out
 
 
-STAGES = ("training set from Feast", "leakage audit", "LightGBM and baselines", "MLflow")
+STAGES = ("training set from Feast", "leakage audit", "LightGBM and baselines, refit", "MLflow")
 
 
 def _train(c: Context, names: list[str]) -> list:
     from engage.faults import fault_point
+    from training.fit_evaluate import DISPLAY
     from training.progress import watch_rounds
     from training.train import train_model
 
@@ -119,24 +120,49 @@ def _train(c: Context, names: list[str]) -> list:
                 bar.stop()
                 fail(f"{name}: {err}")
             # Early stopping ends the rounds before the total: the bar says where.
-            best = result.engage_model.booster.current_iteration()
-            bar.update(rounds, description=f"{name}: {best} trees kept (early stopping)")
+            fitted = getattr(result.lightgbm or result.engage_model, "booster", None)
+            if fitted is not None:
+                best = fitted.current_iteration()
+                bar.update(rounds, description=f"{name}: {best} trees kept (early stopping)")
             bar.update(stage, description=f"{name}: done", completed=len(STAGES))
         results.append(result)
-        table = Table(title=f"{name} v{lit(result.version)} -> @{result.alias} (test period)")
-        for col in ("method", "ROC-AUC", "PR-AUC", "log loss", "Brier", "ECE", "lift@10%"):
+        table = Table(
+            title=f"{name} v{lit(result.version)} -> @{result.alias} ({result.kind}; test period)"
+        )
+        for col in (
+            "method",
+            "ROC-AUC",
+            "PR-AUC",
+            "prec@10%",
+            "log loss",
+            "Brier",
+            "ECE",
+            "lift@10%",
+        ):
             table.add_column(col, justify="right" if col != "method" else "left")
         for who, m in result.metrics.items():
+            label = DISPLAY.get(who, who) + (" (served)" if who == result.chosen else "")
             table.add_row(
-                lit(who),
+                lit(label),
                 f"{m['roc_auc']:.4f}",
                 f"{m['pr_auc']:.4f}",
+                f"{m['precision_top_decile']:.3f}",
                 *(f"{m[k]:.4f}" if k in m else "-" for k in ("log_loss", "brier", "ece")),
                 f"{m['lift_top_decile']:.2f}",
             )
         console.print(table)
+        style = "green" if result.chosen == "model" else "bold yellow"
+        console.print(f"[{style}]selection: {escape(result.selection)}[/{style}]")
         console.print(f"gate: {escape(result.reason)}")
         console.print(split_table(name, result.ranges))
+        model_facts = result.engage_model.training
+        if model_facts.get("refit"):
+            console.print(
+                f"[dim]refit on {model_facts['refit_rows']:,} rows, as-of "
+                f"{escape(model_facts['refit_as_of'])}[/dim]"
+            )
+        for line in result.warnings:
+            console.print(f"[yellow]warning: {escape(line)}[/yellow]")
     return results
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cli.app import Context, app, context, fail, step
 from cli.data import simulate
@@ -37,8 +38,10 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
             fail(str(err))
         console.print(
             f"run {lit(run_.run_id)}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
-            f"stages {lit(run_.stages)}"
+            f"stages {lit(run_.stages)}, {run_.lapsed:,} lapsed customers (win-back list)"
         )
+        for line in run_.warnings:
+            console.print(f"[yellow]warning: {escape(line)}[/yellow]")
 
 
 def write_report(c: Context, out: Path | None = None) -> Path:

@@ -65,6 +65,14 @@ def score_command(
         table.add_row(lit(name), f"{n:,}", _pct(n / max(run.rows, 1)))
     console.print(table)
     console.print(f"models: {lit(versions)}; {run.seconds:.1f} s -> {lit(run.path)}")
+    if run.lapsed:
+        console.print(
+            f"{run.lapsed:,} lapsed customers (no activity within "
+            f"labels.churn_active_within_days={c.params.labels.churn_active_within_days}) "
+            "are scored but listed apart: `engage at-risk --win-back`"
+        )
+    for line in run.warnings:
+        console.print(f"[yellow]warning: {escape(line)}[/yellow]")
 
 
 # -------------------------------------------------------------------------- at-risk
@@ -86,10 +94,6 @@ def at_risk_command(
     run: Annotated[
         str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
     ] = None,
-    reachable: Annotated[
-        bool,
-        typer.Option("--reachable", help="Only customers not lapsed yet (not Lost / At risk)."),
-    ] = False,
     stage: Annotated[
         str | None, typer.Option("--stage", help="Only this stage: Retention or Exit.")
     ] = None,
@@ -97,24 +101,34 @@ def at_risk_command(
         bool,
         typer.Option(
             "--call-list",
-            help="This week's calls: --reachable --stage Exit --top report.capacity.",
+            help="This week's calls: --stage Exit --top report.capacity (reachable customers).",
         ),
     ] = False,
+    win_back: Annotated[
+        bool,
+        typer.Option("--win-back", help="List the lapsed customers (no recent activity) instead."),
+    ] = False,
 ) -> None:
-    """Customers by value at risk (p_churn x CLV), with reasons and a suggested action."""
+    """Reachable customers by value at risk (p_churn x CLV), with reasons and an action.
+
+    Lapsed customers (no activity within labels.churn_active_within_days) are never in
+    this list: `--win-back` lists them apart.
+    """
     from serving.at_risk import FORMATS, at_risk_list, to_csv, to_json
 
     fmt = format_.lower()
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
     c = context(ctx)
+    if call_list and win_back:
+        fail("--call-list and --win-back exclude each other: the call list is reachable customers")
     if call_list:
         capacity = c.params.report.capacity
-        reachable, stage, top = True, "Exit", capacity if top is None else min(top, capacity)
+        stage, top = "Exit", capacity if top is None else min(top, capacity)
     top = 20 if top is None else top
     try:
         info, frame = at_risk_list(
-            c.paths, top=top, segment=segment, run_id=run, reachable=reachable, stage=stage
+            c.paths, top=top, segment=segment, run_id=run, stage=stage, win_back=win_back
         )
     except (LookupError, ValueError) as err:
         fail(str(err))
@@ -125,7 +139,10 @@ def at_risk_command(
         typer.echo(to_json(frame, info))
         return
     currency = lit(c.params.value.currency)
-    what = "customers to call" if call_list else "at-risk customers"
+    if win_back:
+        what = "lapsed customers to win back"
+    else:
+        what = "customers to call" if call_list else "at-risk customers"
     title = f"top {len(frame)} {what}, run {lit(info.run_id)} ({info.as_of:%Y-%m-%d})"
     if len(frame):
         title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"

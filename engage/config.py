@@ -44,6 +44,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -201,6 +202,7 @@ class FeaturesParams(_Section):
     last_value_types: Types
     ttl_days: Days
     max_snapshots: Annotated[Int, Field(gt=0)]
+    min_labelled_snapshots: Annotated[Int, Field(ge=0, le=MAX_DAYS)]
 
 
 class FeastParams(_Section):
@@ -212,6 +214,7 @@ class FeastParams(_Section):
 class LabelsParams(_Section):
     horizon_days: Days
     churn_activity_types: NonEmptyTypes
+    churn_active_within_days: Days
     active_within_days: Days
 
 
@@ -230,6 +233,12 @@ class LightGBMParams(_Section):
     num_threads: Annotated[Int, Field(ge=0)]
 
 
+class StarvedParams(_Section):
+    min_rows: Annotated[Int, Field(ge=0)]
+    min_positives: Annotated[Int, Field(ge=0)]
+    min_trees: Annotated[Int, Field(ge=0)]
+
+
 class TrainingParams(_Section):
     seed: Seed
     valid_snapshots: Annotated[Int, Field(gt=0)]
@@ -239,6 +248,12 @@ class TrainingParams(_Section):
     calibration: Literal["isotonic", "sigmoid"]
     promotion_tolerance: Probability  # a difference of ROC-AUC or PR-AUC
     promotion_metric: Literal["roc_auc", "pr_auc"]
+    baseline_margin: Annotated[Float, Field(ge=-1, le=1)]
+    refit: StrictBool
+    monotone_constraints: StrictBool
+    btyd_inputs: StrictBool
+    adapt_to_rows: StrictBool
+    starved: StarvedParams
     ece_bins: Annotated[Int, Field(gt=1, le=1000)]
     lightgbm: LightGBMParams
 
@@ -295,6 +310,7 @@ class ScoringParams(_Section):
     top_k_reasons: Annotated[Int, Field(ge=0)]
     batch_rows: Annotated[Int, Field(gt=0)]
     reason_typical_tolerance: Annotated[Float, Field(ge=0, le=10)]
+    range_warning_share: Probability
 
 
 class ReportParams(_Section):

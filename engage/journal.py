@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from engage.faults import fault_point
+from engage.locks import pid_alive
 
 _TMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
@@ -163,18 +164,8 @@ def remove_stale_temps(folders: Iterable[Path], keep_pids: Iterable[int] = ()) -
             match = _TMP.match(path.name)
             if not match or int(match.group(1)) in keep or not path.is_file():
                 continue
-            if _alive(int(match.group(1))):
+            if pid_alive(int(match.group(1))):
                 continue
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -64,7 +64,8 @@ def lock_path(folder: Path, name: str) -> Path:
     return Path(folder) / LOCK_DIR / f"{name}.lock"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def holders(folder: Path, name: str) -> list[dict]:
             info = json.loads(f.read_text())
         except (OSError, ValueError):
             continue  # being written or removed right now
-        if info.get("pid") != os.getpid() and not _alive(int(info.get("pid", 0))):
+        if info.get("pid") != os.getpid() and not pid_alive(int(info.get("pid", 0))):
             f.unlink(missing_ok=True)  # left by a killed process
             continue
         out.append(info)

@@ -39,6 +39,7 @@ from features.catalog import (
     CREATED,
     DAY_US,
     ENTITY_KEY,
+    FIRST_SEEN_US,
     SNAPSHOT_TIME,
     TIMESTAMP,
     FeatureSpec,
@@ -54,11 +55,18 @@ def snapshot_times(
     every_days: int,
     max_snapshots: int,
     now: pd.Timestamp | None = None,
+    horizon_days: int | None = None,
+    min_labelled: int = 0,
 ) -> list[pd.Timestamp]:
     """As-of times: "now" and every ``every_days`` before it, oldest first.
 
     "Now" defaults to the midnight (UTC) after the last event, so the latest snapshot sees
     every event. Snapshots at or before the first event would be empty and are skipped.
+    A short history gets denser snapshots: when fewer than ``min_labelled`` times would
+    have a fully observed label window (``t + horizon_days <= now``), the spacing shrinks
+    a day at a time (down to one day) until enough do, so a few months of data still
+    give a model enough labelled as-of times (consecutive times share most of their
+    history, so this adds rows rather than independent evidence).
 
     Args:
         first_event: time of the earliest event.
@@ -66,18 +74,31 @@ def snapshot_times(
         every_days: spacing of the snapshots.
         max_snapshots: keep only this many of the most recent ones.
         now: the latest as-of time; defaults as above.
+        horizon_days: the label horizon (None: never densify).
+        min_labelled: the labelled times wanted (``features.min_labelled_snapshots``).
 
     """
     if every_days <= 0 or max_snapshots <= 0:
         raise ValueError("every_days and max_snapshots must be positive")
     first_event, last_event = to_utc(first_event), to_utc(last_event)
     now = to_utc(now) if now is not None else last_event.floor("D") + pd.Timedelta(days=1)
-    times = []
-    t = now
-    while t > first_event and len(times) < max_snapshots:
-        times.append(t)
-        t = t - pd.Timedelta(days=every_days)
-    return sorted(times)
+
+    def every(step: int) -> list[pd.Timestamp]:
+        times, t = [], now
+        while t > first_event and len(times) < max_snapshots:
+            times.append(t)
+            t = t - pd.Timedelta(days=step)
+        return sorted(times)
+
+    times = every(every_days)
+    if horizon_days is None or min_labelled <= 0:
+        return times
+    horizon = pd.Timedelta(days=horizon_days)
+    for step in range(every_days, 0, -1):
+        times = every(step)
+        if sum(t + horizon <= now for t in times) >= min_labelled:
+            break
+    return times
 
 
 # The statistics a feature expression may read, per event type: column "<type>.<stat>".
@@ -98,7 +119,7 @@ TOTAL_STATS = ("n_all", "s_all", "n_val", "min_ts", "max_ts", "last_value")
 _VALUE_STATS = ("s_all", "n_val", "last_value")
 # Placeholders of min_ts / max_ts for "no event"; any real time replaces them.
 _INT_MAX, _INT_MIN = int(np.iinfo(np.int64).max), int(np.iinfo(np.int64).min)
-_WIDE_FIRST_SEEN = "first_seen_us"
+_WIDE_FIRST_SEEN = FIRST_SEEN_US
 
 
 def _window(stat: str) -> tuple[str, int] | None:
@@ -131,9 +152,6 @@ def build_sql(specs: Sequence[FeatureSpec]) -> str:
     for s in specs:
         if s.name == SNAPSHOT_TIME:
             cols.append(f"($as_of_us / 1e6)::DOUBLE AS {SNAPSHOT_TIME}")
-        elif s.name == "tenure_days":
-            # first_seen_us already includes the earliest event (see FeatureBuilder._load).
-            cols.append(f"(($as_of_us - {_WIDE_FIRST_SEEN}) / {DAY_US}::DOUBLE) AS tenure_days")
         elif s.dtype == "int":
             cols.append(f"coalesce({s.sql}, 0)::BIGINT AS {s.name}")
         elif s.zero:
@@ -446,7 +464,13 @@ class FeatureBuilder:
         """Default as-of times for these events (see :func:`snapshot_times`)."""
         fp = self.params.features
         return snapshot_times(
-            self.first_event, self.last_event, fp.snapshot_every_days, fp.max_snapshots, now
+            self.first_event,
+            self.last_event,
+            fp.snapshot_every_days,
+            fp.max_snapshots,
+            now,
+            self.params.labels.horizon_days,
+            fp.min_labelled_snapshots,
         )
 
     def close(self) -> None:

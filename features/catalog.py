@@ -37,6 +37,13 @@ SNAPSHOT_TIME = "snapshot_epoch_s"
 TIMESTAMP = "event_timestamp"
 CREATED = "created_timestamp"
 DAY_US = 86_400_000_000  # one day in microseconds, the unit of every stored time
+# The builder's column of each contact's first-seen time (epoch µs; the earliest of the
+# customers table and the first event), and the tenure it gives at the as-of time.
+FIRST_SEEN_US = "first_seen_us"
+TENURE_SQL = f"(($as_of_us - {FIRST_SEEN_US}) / {DAY_US}::DOUBLE)"
+# Rates "per 30 days of known life" divide by the tenure, floored at one day so that a
+# contact first seen an hour ago does not get an absurd rate.
+RATE_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,9 @@ class FeatureSpec:
             ``$as_of_us`` (the as-of time in epoch µs).
         zero: the value of a customer with no event at all is 0 (counts, sums), not null.
         unit: what one unit of the value is (``days``, ``count``, ``rate``, ``flag``,
-            ``ratio``, ``seconds``, or the ``data.value_units`` entry of a ``value``);
+            ``ratio`` (a trend in [-1, 1]), ``share`` ([0, 1]), ``per_period`` (a count per
+            ``RATE_DAYS`` days), ``amount_per_period``, ``multiple`` (a ratio >= 0),
+            ``seconds``, or the ``data.value_units`` entry of a ``value``);
             None when unknown.
         window_days: the look-back window of a windowed count, sum, rate or trend.
         kind: what sort of aggregate it is, for sentences that a person reads
@@ -133,6 +142,10 @@ def _gap(t: str) -> str:
     return f"({_of('max_age', t)} - {_of('min_age', t)}) / nullif({_n(t)} - 1, 0)"
 
 
+def _per_tenure(expr: str) -> str:
+    return f"(({expr})::DOUBLE * {RATE_DAYS} / greatest({TENURE_SQL}, 1.0))"
+
+
 def _trend(a: str, b: str) -> str:
     # (recent - previous) / (recent + previous): -1 = stopped, +1 = started, null = idle.
     return f"(({a}) - ({b}))::DOUBLE / nullif(({a}) + ({b}), 0)"
@@ -162,7 +175,8 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             RFM,
             "float",
             "days since the contact was first seen",
-            "NULL",  # filled from the customers table, see aggregates.build_sql
+            # first_seen_us is the earliest of the customers table and the first event.
+            TENURE_SQL,
             unit="days",
         ),
         FeatureSpec(
@@ -230,6 +244,44 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             # least() skips nulls: the most recent of the types the contact did.
             f"least({', '.join(_of('min_age', t) for t in active)})" if active else "NULL",
             unit="days",
+        ),
+    ]
+    last_event_sql = specs[-1].sql
+    # Cohort-free forms of the same facts: a rate over the known life or a ratio says
+    # what the raw count or age says without growing with the age of the cohort, so a
+    # model trained on younger snapshots still reads a later one sensibly.
+    specs += [
+        FeatureSpec(
+            f"purchases_per_{RATE_DAYS}_days",
+            RFM,
+            "float",
+            f"{conv} events per {RATE_DAYS} days of known life (tenure, at least a day)",
+            _per_tenure(_n(conv)),
+            unit="per_period",
+        ),
+        FeatureSpec(
+            f"revenue_per_{RATE_DAYS}_days",
+            RFM,
+            "float",
+            f"{conv} amounts per {RATE_DAYS} days of known life (tenure, at least a day)",
+            _per_tenure(f"coalesce({_s(conv)}, 0)"),
+            unit="amount_per_period",
+        ),
+        FeatureSpec(
+            "purchase_overdue_ratio",
+            RFM,
+            "float",
+            f"days since the last {conv} / mean days between two (1 = one usual gap)",
+            f"({_of('min_age', conv)}) / nullif({_gap(conv)}, 0)",
+            unit="multiple",
+        ),
+        FeatureSpec(
+            "inactive_share_of_tenure",
+            RFM,
+            "float",
+            "share of the known life since the last own action (0 = just acted, 1 = never since)",
+            f"({last_event_sql}) / {TENURE_SQL}",
+            unit="share",
         ),
     ]
     for w in fp.rfm_windows_days:
@@ -363,6 +415,16 @@ def feature_specs(params: Params) -> list[FeatureSpec]:
             )
         )
     if active:
+        specs.append(
+            FeatureSpec(
+                f"activity_per_{RATE_DAYS}_days",
+                ENGAGEMENT,
+                "float",
+                f"own actions (all types but sent e-mails) per {RATE_DAYS} days of known life",
+                _per_tenure(" + ".join(_n(t) for t in active)),
+                unit="per_period",
+            )
+        )
         recent, both = _n_in(active, d), _n_in(active, 2 * d)
         specs.append(
             FeatureSpec(
@@ -395,10 +457,13 @@ def _kind(spec: FeatureSpec, conv: str) -> str:
         "avg_order_value": "average",
         "purchases_total": "count",
         "revenue_total": "sum",
+        "purchase_overdue_ratio": "overdue",
+        "inactive_share_of_tenure": "inactive_share",
     }
     if n in fixed:
         return fixed[n]
     patterns = [
+        (r".*_per_\d+_days$", "per_period"),
         (r"days_since_last_", "recency"),
         (r"mean_days_between_", "interval"),
         (r"cart_abandonment_", "abandonment"),
@@ -499,6 +564,14 @@ def value_rules(params: Params) -> dict[str, ValueRule]:
             rule = ValueRule(0, 1, False, "a rate")
         elif unit == "ratio":
             rule = ValueRule(-1, 1, False, "a trend")
+        elif unit == "share":
+            rule = ValueRule(0, 1, False, "a share")
+        elif unit == "per_period":
+            rule = ValueRule(0, MAX_COUNT, False, f"a count per {RATE_DAYS} days")
+        elif unit == "amount_per_period":
+            rule = ValueRule(0, MAX_AMOUNT, False, f"an amount per {RATE_DAYS} days")
+        elif unit == "multiple":
+            rule = ValueRule(0, MAX_MAGNITUDE, False, "a multiple")
         elif unit == "seconds":
             rule = ValueRule(0, MAX_SECONDS, False, "a number of seconds")
         elif unit in amount_units:
@@ -521,3 +594,89 @@ def feature_names(params: Params, views: tuple[str, ...] | None = None) -> list[
 def model_feature_names(params: Params) -> list[str]:
     """The model inputs: every feature except the snapshot-time metadata."""
     return [n for n in feature_names(params) if n != SNAPSHOT_TIME]
+
+
+def recency_feature(params: Params, event_type: str) -> str:
+    """The feature holding the days since a contact's last event of ``event_type``."""
+    return recency_feature_of(event_type, params.data.conversion_event)
+
+
+def recency_feature_of(event_type: str, conversion_event: str) -> str:
+    """:func:`recency_feature` from the conversion event alone (e.g. a model's record)."""
+    if event_type == conversion_event:
+        return "days_since_last_purchase"
+    return f"days_since_last_{event_type}"
+
+
+# Model-side inputs (computed by the model from snapshot features, never stored): BG/NBD's
+# probability that the contact is still alive and its expected number of purchases over
+# the label horizon (see training/btyd.py and training/model.py).
+BTYD_INPUTS = {
+    "btyd_p_alive": "probability that the contact still buys at all (BG/NBD)",
+    "btyd_expected_purchases": "expected purchases within the horizon (BG/NBD)",
+}
+
+# Feature families whose effect on a model has a known direction; LightGBM is constrained
+# to it (``training.monotone_constraints``). +1: the probability never falls when the
+# feature grows; -1: it never rises; families not listed are free. "Activity" is
+# ``labels.churn_activity_types`` (purchase, open, click, visit, cart): the actions whose
+# absence is churn.
+MONOTONE_FAMILIES = {
+    # days since the last activity, share of life since the last action, overdue ratio
+    "activity recency": {"churn": +1, "appetence": -1},
+    # counts of activity in windows, purchases ever, rates per 30 days of life
+    "activity volume": {"churn": -1, "appetence": +1},
+    # BG/NBD P(alive) and expected purchases
+    "btyd": {"churn": -1, "appetence": +1},
+}
+
+
+def feature_families(params: Params) -> dict[str, str]:
+    """The monotone family of each feature that has one (see :data:`MONOTONE_FAMILIES`).
+
+    The conversion event's own recency and short-window counts are left out for
+    appetence by :func:`monotone_directions`: a purchase last week can make another one
+    this month less likely (repurchase cycles), so only its long-run volume is constrained.
+    """
+    fp, conv = params.features, params.data.conversion_event
+    activity = list(params.labels.churn_activity_types)
+    out: dict[str, str] = {}
+    for name in ("days_since_last_event", "inactive_share_of_tenure", "purchase_overdue_ratio"):
+        out[name] = "activity recency"
+    for t in activity:
+        out[recency_feature(params, t)] = "activity recency"
+        if t == conv:
+            names = [f"purchases_{w}d" for w in fp.rfm_windows_days]
+            names += ["purchases_total", f"purchases_per_{RATE_DAYS}_days"]
+        else:
+            names = [f"{t}_count_{w}d" for w in fp.windows_days]
+        for name in names:
+            out[name] = "activity volume"
+    out[f"activity_per_{RATE_DAYS}_days"] = "activity volume"
+    for name in BTYD_INPUTS:
+        out[name] = "btyd"
+    return out
+
+
+def monotone_directions(params: Params, model: str) -> dict[str, int]:
+    """Feature name -> +1 / -1 for ``model`` (features without a known direction absent).
+
+    Raises:
+        ValueError: ``model`` has no directions defined.
+
+    """
+    if model not in MONOTONE_FAMILIES["btyd"]:
+        raise ValueError(f"monotone_directions: no directions for model {model!r}")
+    conv = params.data.conversion_event
+    longest = max(params.features.rfm_windows_days)
+    # For appetence, the conversion event's recency and short windows are free (see above).
+    free = set()
+    if model == "appetence":
+        free = {recency_feature(params, conv), "purchase_overdue_ratio"}
+        free |= {f"purchases_{w}d" for w in params.features.rfm_windows_days if w < longest}
+    known = set(feature_names(params)) | set(BTYD_INPUTS)
+    return {
+        name: MONOTONE_FAMILIES[family][model]
+        for name, family in feature_families(params).items()
+        if name in known and name not in free
+    }

@@ -61,6 +61,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.types import Float64, Int64
 from pydantic import StrictBool, StrictStr
 
+from engage.locks import pid_alive
 from engage.readonly import readonly_sqlite
 
 MAX_EXACT_INT = 2**53  # float64 holds every integer below this exactly
@@ -68,16 +69,6 @@ _LAYOUT = "_engage_layout"  # table name -> JSON list of [feature, "int"|"float"
 _STAGING = "__staging_"  # <table>__staging_<pid>: a rebuild in progress
 _STAGING_RE = re.compile(rf"^(?P<table>.+){_STAGING}(?P<pid>\d+)$")
 _TABLE_SQL = "(entity_key BLOB PRIMARY KEY, event_ts INTEGER, created_ts INTEGER, vals BLOB)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PackedSqliteOnlineStoreConfig(FeastConfigBaseModel):
@@ -422,7 +413,7 @@ class PackedSqliteOnlineStore(OnlineStore):
         stale = []
         for name in names:
             match = _STAGING_RE.match(name)
-            if match and not _alive(int(match.group("pid"))):
+            if match and not pid_alive(int(match.group("pid"))):
                 stale.append(name)
         with conn:
             for name in stale:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params
-from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP
+from features.catalog import ENTITY_KEY, RATE_DAYS, SNAPSHOT_TIME, TIMESTAMP
 from features.snapshots import to_utc
 
 _DAY = pd.Timedelta(days=1)
@@ -73,6 +73,12 @@ def reference_snapshot(
     active = [t for t in params.data.event_types if t not in fp.passive_event_types]
     act = ev[ev["event_type"].isin(active)]
     out["days_since_last_event"] = act.groupby("customer_id")["age"].min()
+    life = out["tenure_days"].clip(lower=1.0)
+    out[f"purchases_per_{RATE_DAYS}_days"] = out["purchases_total"] * RATE_DAYS / life
+    out[f"revenue_per_{RATE_DAYS}_days"] = out["revenue_total"] * RATE_DAYS / life
+    gap = out["mean_days_between_purchases"]
+    out["purchase_overdue_ratio"] = out["days_since_last_purchase"] / gap.where(gap != 0)
+    out["inactive_share_of_tenure"] = out["days_since_last_event"] / out["tenure_days"]
     for w in fp.rfm_windows_days:
         out[f"purchases_{w}d"] = count(conv, w)
         out[f"revenue_{w}d"] = vsum(conv, w)
@@ -102,6 +108,7 @@ def reference_snapshot(
     for t in active:
         out[f"{t}_trend_{d}d"] = trend(count(t, d), count(t, 2 * d, d))
     if active:
+        out[f"activity_per_{RATE_DAYS}_days"] = sum(count(t) for t in active) * RATE_DAYS / life
         a = sum(count(t, d) for t in active)
         b = sum(count(t, 2 * d, d) for t in active)
         out[f"activity_trend_{d}d"] = trend(a, b)

@@ -325,8 +325,12 @@ def feature_drift(paths: Paths, params: Params, progress: Progress | None = None
         except LookupError:
             continue
         features = list(champion.features)
-        gains = champion.booster.feature_importance("gain").astype("float64")
-        importance = dict(zip(features, gains / gains.sum() if gains.sum() else gains, strict=True))
+        importance: dict[str, float] = {}
+        if champion.booster is not None:
+            # Gains are over the booster's inputs: the features, then derived ones (BG/NBD).
+            gains = champion.booster.feature_importance("gain").astype("float64")
+            shares = gains / gains.sum() if gains.sum() else gains
+            importance = dict(zip(champion.input_names, shares, strict=True))
         window = _training_window(champion.training, mp.reference_window)
         drift = FeatureDrift(model, version, "", 0, None, 0, pd.DataFrame())
         out.append(drift)

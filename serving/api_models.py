@@ -229,6 +229,15 @@ class _Scores(_Response):
         description="p_churn x CLV; 0 for a prospect and for an unknown customer.",
         examples=[800.0],
     )
+    lapsed: bool = Field(
+        description=(
+            "True for a customer with no activity (labels.churn_activity_types) within "
+            "labels.churn_active_within_days: outside the churn model's population, still "
+            "scored but a win-back case, never in the at-risk list. False for prospects "
+            "and unknown customers."
+        ),
+        examples=[False],
+    )
     reasons: list[Reason] | None = Field(
         default=None,
         description=(
@@ -337,6 +346,15 @@ class AtRiskRequest(_Request):
         description="Keep customers with value_at_risk >= this amount.",
         examples=[100.0],
     )
+    win_back: bool = Field(
+        default=False,
+        description=(
+            "False (default): the reachable customers, active within "
+            "labels.churn_active_within_days, the population the churn model is trained "
+            "on. True: the lapsed customers instead (quiet for longer), a win-back list."
+        ),
+        examples=[False],
+    )
 
 
 class AtRiskContact(_Response):
@@ -348,6 +366,13 @@ class AtRiskContact(_Response):
     segment: Segment = Field(description="Lifecycle segment.", examples=["Hero"])
     clv: float = Field(description="Customer lifetime value.", examples=[1400.0])
     value_at_risk: float = Field(description="p_churn x CLV.", examples=[994.0])
+    lapsed: bool = Field(
+        description=(
+            "True for a customer without activity within labels.churn_active_within_days "
+            "(only in the win-back list)."
+        ),
+        examples=[False],
+    )
     reasons: list[str] = Field(
         description="Up to 3 reasons behind the churn risk, as sentences.",
         examples=[[_EXAMPLE_REASON["text"]]],

@@ -1,16 +1,18 @@
-"""The at-risk list: customers of a scoring run by value at risk, with what to do.
+"""The at-risk list: reachable customers of a scoring run by value at risk, with actions.
 
 Only customers (the right half) are listed - a prospect has no value at risk - sorted by
-``value_at_risk`` (p_churn x CLV) descending, optionally restricted to one segment, one
-stage, or the *still-reachable* customers. Each row carries its top 3 reasons and a
-suggested action (:func:`suggested_action`).
+``value_at_risk`` (p_churn x CLV) descending, optionally restricted to one segment or
+one stage. Each row carries its top 3 reasons and a suggested action
+(:func:`suggested_action`).
 
-Still reachable: not lapsed yet. A run with a boolean ``lapsed`` column says so itself;
-otherwise a customer in the Lost or At risk segment (no action of their own for
-``segments.at_risk_inactive_days`` days or more) is lapsed: a call cannot save who has
-already gone quiet, a win-back campaign is their channel. The *call list* of a run is its
-still-reachable customers in Exit, by value at risk, up to ``report.capacity``: what the
-retention team calls this week (:func:`call_list`, ``engage at-risk --call-list``).
+The list holds the customers the churn model is about, the *still-reachable* ones: active
+within ``labels.churn_active_within_days`` (the run's ``lapsed`` flag is False; a run
+scored before the flag existed falls back to the segments: Lost and At risk are lapsed).
+Lapsed customers are scored too, but go to a separate win-back list (``win_back=True``):
+a call cannot save who has already gone quiet, so they never push reachable customers off
+the top of the retention list. The *call list* of a run is its still-reachable customers
+in Exit, by value at risk, up to ``report.capacity``: what the retention team calls this
+week (:func:`call_list`, ``engage at-risk --call-list``).
 """
 
 from __future__ import annotations
@@ -90,23 +92,24 @@ def at_risk_list(
     top: int = 20,
     segment: str | None = None,
     run_id: str | None = None,
-    reachable: bool = False,
     stage: str | None = None,
+    win_back: bool = False,
 ) -> tuple[RunInfo, pd.DataFrame]:
-    """The ``top`` customers by value at risk of a scoring run.
+    """The ``top`` reachable customers by value at risk of a scoring run.
 
     Args:
         paths: resolved locations.
         top: number of rows.
         segment: keep only this segment (case and "-"/"_" for spaces do not matter).
         run_id: the scoring run (default: the latest).
-        reachable: keep only the still-reachable customers (not lapsed).
         stage: keep only this stage (Retention or Exit).
+        win_back: list the lapsed customers instead (no activity within the churn
+            model's window), by value at risk.
 
     Returns:
         The run and a frame with ``customer_id``, ``p_churn``, ``stage``, ``segment``,
-        ``clv``, ``value_at_risk``, ``reasons`` (list of up to 3 sentences) and
-        ``action``.
+        ``clv``, ``value_at_risk``, ``lapsed``, ``reasons`` (list of up to 3 sentences)
+        and ``action``.
 
     Raises:
         ValueError: unknown segment or stage (the message lists the valid ones) or
@@ -123,17 +126,16 @@ def at_risk_list(
     info = find_run(paths, run_id)
     extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
     _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
-    keep = runs["has_purchased"] == 1
+    runs["lapsed"] = lapsed(runs)
+    keep = (runs["has_purchased"] == 1) & (runs["lapsed"] == win_back)
     if wanted is not None:
         keep &= runs["segment"] == wanted
     if stage is not None:
         keep &= runs["stage"] == stage
-    if reachable:
-        keep &= ~lapsed(runs)
     picked = runs.loc[keep].nlargest(top, "value_at_risk", keep="first")
     # Read the reasons only for the rows shown: at 1M contacts they dominate the file.
     reasons = reasons_of(info, picked.index.to_numpy())
-    out = picked.drop(columns=["has_purchased", *extra]).reset_index(drop=True)
+    out = picked.drop(columns="has_purchased").reset_index(drop=True)
     out["reasons"] = reasons
     out["action"] = [
         suggested_action(st, sg) for st, sg in zip(out["stage"], out["segment"], strict=True)
@@ -146,9 +148,9 @@ def call_list(
 ) -> tuple[RunInfo, pd.DataFrame]:
     """The customers to call: still reachable, in Exit, by value at risk, ``capacity`` at most.
 
-    The same list as ``engage at-risk --reachable --stage Exit --top CAPACITY``.
+    The same list as ``engage at-risk --stage Exit --top CAPACITY``.
     """
-    return at_risk_list(paths, top=capacity, run_id=run_id, reachable=True, stage=EXIT)
+    return at_risk_list(paths, top=capacity, run_id=run_id, stage=EXIT)
 
 
 def reasons_of(info: RunInfo, rows: np.ndarray) -> list[list[str]]:
@@ -216,7 +218,7 @@ class AtRiskCache:
         self._key: tuple | None = None
         self._checked = -math.inf
         self._info: RunInfo | None = None
-        self._lists: dict[str | None, list[dict]] = {}
+        self._lists: dict[tuple[bool, str | None], list[dict]] = {}
         self.builds = 0  # how many times a run was read (tests, metrics)
 
     def _folder_key(self) -> tuple:
@@ -230,7 +232,11 @@ class AtRiskCache:
         return tuple(sorted(out))
 
     def get(
-        self, limit: int, segment: str | None = None, min_value_at_risk: float = 0.0
+        self,
+        limit: int,
+        segment: str | None = None,
+        min_value_at_risk: float = 0.0,
+        win_back: bool = False,
     ) -> tuple[RunInfo, list[dict]]:
         """The top ``limit`` customers of the latest run (optionally one segment).
 
@@ -238,6 +244,7 @@ class AtRiskCache:
             limit: 1 to ``depth`` contacts.
             segment: a segment name of :data:`serving.segments.SEGMENTS`, or None.
             min_value_at_risk: keep contacts with at least this value at risk.
+            win_back: the lapsed customers instead of the still-reachable ones.
 
         Raises:
             ValueError: ``limit`` outside 1..depth, or an unknown segment.
@@ -254,7 +261,7 @@ class AtRiskCache:
                 if key != self._key or self._info is None:
                     self._build(key)
                 self._checked = now
-            info, rows = self._info, self._lists.get(wanted, [])
+            info, rows = self._info, self._lists.get((win_back, wanted), [])
         # Sorted by value at risk, so the kept contacts are a prefix of the list.
         picked = []
         for row in rows:
@@ -266,15 +273,20 @@ class AtRiskCache:
     def _build(self, key: tuple) -> None:
         info = find_run(self.paths)
         columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
-        _, runs = read_run(self.paths, info.run_id, columns=[*columns, "value_at_risk"])
+        extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
+        _, runs = read_run(self.paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
+        runs["lapsed"] = lapsed(runs)
         customers = runs.loc[runs["has_purchased"] == 1].drop(columns="has_purchased")
         ranked = customers.sort_values("value_at_risk", ascending=False, kind="stable")
-        tops = {None: ranked.head(self.depth)}
-        for name, group in ranked.groupby("segment", sort=False):
-            tops[str(name)] = group.head(self.depth)
-        rows = np.unique(np.concatenate([t.index.to_numpy() for t in tops.values()]))
+        tops: dict[tuple[bool, str | None], pd.DataFrame] = {}
+        for flag, part in ranked.groupby("lapsed", sort=False):
+            tops[(bool(flag), None)] = part.head(self.depth)
+            for name, group in part.groupby("segment", sort=False):
+                tops[(bool(flag), str(name))] = group.head(self.depth)
+        kept = [t.index.to_numpy() for t in tops.values()]
+        rows = np.unique(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
         reasons = dict(zip(rows.tolist(), reasons_of(info, rows), strict=True))
-        lists: dict[str | None, list[dict]] = {}
+        lists: dict[tuple[bool, str | None], list[dict]] = {}
         for name, top in tops.items():
             out = []
             for i, rec in zip(top.index.tolist(), top.to_dict(orient="records"), strict=True):
@@ -282,6 +294,7 @@ class AtRiskCache:
                     k: (None if isinstance(v, float) and math.isnan(v) else v)
                     for k, v in rec.items()
                 }
+                rec["lapsed"] = bool(rec["lapsed"])
                 rec["reasons"] = reasons[i]
                 rec["action"] = suggested_action(rec["stage"], rec["segment"])
                 out.append(rec)

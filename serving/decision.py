@@ -8,9 +8,12 @@ The input is one float64 matrix (rows x :attr:`Layout.inputs`, NaN = not observe
 fixed column order: every model's features, then what the segment and value rules read.
 Per model of :data:`engage.specs.MODEL_SPECS`: its calibrated probability for every
 contact or only for its own half, then the engagement index (:mod:`serving.index`), the
-lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`)
-and, on request, the top-k reasons of the model that decides each contact's stage. Given
-each contact's stage in the previous scoring run, the stability rule
+lifecycle segment (:mod:`serving.segments`), CLV and value at risk (:mod:`serving.value`),
+the ``lapsed`` flag (a customer outside the churn model's population: no activity within
+its window, read from the rule stored with the model) and, on request, the top-k reasons
+of the model that decides each contact's stage. Any kind of model works (LightGBM or a
+served baseline): the core only calls ``proba_matrix`` and the explainers. Given each
+contact's stage in the previous scoring run, the stability rule
 (:func:`serving.index.stabilise`: hysteresis, minimum dwell) decides the stage instead of
 the plain thresholds; batch scoring reads that stage from the previous run, online
 prediction from the batch run before its features, so both apply the same rule.
@@ -19,7 +22,7 @@ Everything is numpy: no frame is built, which is most of the cost of one contact
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +35,7 @@ from serving.segments import REQUIRED as SEGMENT_COLUMNS
 from serving.segments import segment_codes
 from serving.value import REQUIRED as VALUE_COLUMNS
 from serving.value import value_arrays
+from training.labels import population_rule
 
 HALF = "has_purchased"
 
@@ -42,22 +46,45 @@ class DecisionInputError(ValueError):
 
 @dataclass(frozen=True)
 class Layout:
-    """The column order of the decision matrix for a set of champions."""
+    """The column order of the decision matrix for a set of champions.
+
+    Attributes:
+        inputs: the column names, in order.
+        columns: name -> column index.
+        model_columns: per model, the indices of its features.
+        populations: per model with an activity rule (the churn model: customers active
+            in its window), the indices of the rule's recency columns and the window in
+            days (see :func:`training.labels.population_rule`).
+
+    """
 
     inputs: list[str]
     columns: dict[str, int]
     model_columns: dict[str, np.ndarray]
+    populations: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, champions: Champions) -> Layout:
-        """Every model's features, then the segment and value rules' columns."""
-        inputs = list(dict.fromkeys([*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS]))
+        """Every model's features, the segment and value rules' and population columns."""
+        rules = {
+            name: rule
+            for name, model in champions.models.items()
+            if (rule := population_rule(model.trained_for)) is not None
+        }
+        extra = [f for features, _ in rules.values() for f in features]
+        inputs = list(
+            dict.fromkeys([*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS, *extra])
+        )
         columns = {name: j for j, name in enumerate(inputs)}
         model_columns = {
             name: np.array([columns[f] for f in model.features], dtype=np.intp)
             for name, model in champions.models.items()
         }
-        return cls(inputs, columns, model_columns)
+        populations = {
+            name: (np.array([columns[f] for f in features], dtype=np.intp), days)
+            for name, (features, days) in rules.items()
+        }
+        return cls(inputs, columns, model_columns, populations)
 
     def column(self, X: np.ndarray):
         """A getter of one column of ``X`` by name (what the rules read)."""
@@ -78,6 +105,9 @@ class Decisions:
         segment: index into :data:`serving.segments.SEGMENTS` (int8).
         clv: customer lifetime value (0 for prospects).
         value_at_risk: p_churn x CLV (0 for prospects).
+        lapsed: True for a contact of a model's half outside that model's population
+            (a customer with no activity within the churn model's window): still scored,
+            but listed apart from the reachable ones (win-back).
         reasons: per model, the rows it explains (indices) and their reasons; None when
             no reasons were asked for.
         stage_runs: consecutive scoring runs spent in ``stage``, this one included (1
@@ -95,6 +125,7 @@ class Decisions:
     value_at_risk: np.ndarray
     reasons: dict[str, tuple[np.ndarray, Reasons]] | None
     stage_runs: np.ndarray | None = None
+    lapsed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.has_purchased)
@@ -167,6 +198,12 @@ def decide(
         dial = dial_in_quadrant(stage, dial)
     column = layout.column(X)
     clv, at_risk = value_arrays(column, probabilities["p_churn"], params.value)
+    lapsed = np.zeros(n, dtype=bool)
+    for name, (cols, days) in layout.populations.items():
+        # In the population: one of the rule's activities at most `days` old (NaN = never).
+        with np.errstate(invalid="ignore"):
+            active = (X[:, cols] <= days).any(axis=1)
+        lapsed |= (half == MODEL_SPECS[name].half) & ~active
     reasons = None
     if explainers is not None and top_k > 0:
         # Each row is explained by the model that decides its stage.
@@ -187,4 +224,5 @@ def decide(
         value_at_risk=at_risk,
         reasons=reasons,
         stage_runs=stage_runs,
+        lapsed=lapsed,
     )

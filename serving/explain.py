@@ -1,5 +1,9 @@
 """Reasons: the top-k SHAP contributions behind each contact's stage, in plain language.
 
+(For a served baseline the contributions come from the model itself: exact linear SHAP
+for the logistic and RFM kinds, Shapley values over BG/NBD's three inputs; see
+:class:`Explainer`. The rest of this docstring is about LightGBM.)
+
 A contact's stage is decided by one model: the appetence model for a prospect (Nurture
 or Purchase), the churn model for a customer (Retention or Exit). Its reasons are the
 ``k`` features with the largest absolute TreeSHAP contribution to that model's margin
@@ -54,6 +58,7 @@ import pandas as pd
 import pyarrow as pa
 
 from engage.config import Params
+from features.catalog import BTYD_INPUTS
 from serving.sentences import Phrase, phrases, reason_eligible
 from training.model import EngageModel
 
@@ -513,7 +518,13 @@ def _none_if_nan(v: float) -> float | None:
 
 
 class Explainer:
-    """Top-k TreeSHAP reasons of one model.
+    """Top-k SHAP reasons of one model.
+
+    The reasons are over the model's inputs (:attr:`training.model.EngageModel.input_names`:
+    its snapshot features, plus BG/NBD's P(alive) and expected purchases when a LightGBM
+    model reads them). Contributions are exact for every kind: TreeSHAP for LightGBM,
+    ``coef * (term - mean term)`` for the linear baselines (logistic, recency alone, RFM),
+    Shapley values over BG/NBD's three inputs for the ``bgnbd`` baseline.
 
     Args:
         model: the model whose decisions are explained.
@@ -534,20 +545,29 @@ class Explainer:
         fast: bool = True,
     ) -> None:
         self.model = model
-        self.names = list(model.features)
+        self.names = list(model.input_names)
         self.typical = np.array([typical.get(n, np.nan) for n in self.names], dtype="float64")
         self.who, self.target = wording or WORDING.get(model.name, ("contact", "probability"))
         self.phrases = phrases(self.names, self.typical, self.who, params)
+        for phrase in self.phrases:
+            # BG/NBD's inputs of a served baseline are not catalog features.
+            if phrase.name in BTYD_INPUTS:
+                phrase.description = BTYD_INPUTS[phrase.name]
         self.passive = np.array([p.passive for p in self.phrases], dtype=bool)
         self.tolerance = float(params.scoring.reason_typical_tolerance)
-        self.tree_shap = TreeShap.compile(model.booster) if fast else None
+        self.tree_shap = (
+            TreeShap.compile(model.booster) if fast and model.kind == "lightgbm" else None
+        )
+
+    def _contributions(self, x: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        if self.tree_shap is not None:
+            return self.tree_shap.contributions(inputs)
+        return self.model.contributions_matrix(x)[0]
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
-        """SHAP values of the rows of ``X`` (rows x model features), fast path if possible."""
-        frame = self.model.frame(X)
-        if self.tree_shap is None:
-            return self.model.contributions(frame)[0]
-        return self.tree_shap.contributions(frame.to_numpy(dtype="float64"))
+        """SHAP values of the rows of ``X`` (rows x model inputs), fast path if possible."""
+        x = self.model.frame(X).to_numpy(dtype="float64")
+        return self._contributions(x, self.model.inputs_matrix(x))
 
     def reasons(self, X: pd.DataFrame, k: int, contrib: np.ndarray | None = None) -> Reasons:
         """The top-``k`` contributions of each row of ``X`` (vectorised).
@@ -555,33 +575,30 @@ class Explainer:
         Args:
             X: the rows (any column order; the model's features are picked).
             k: reasons per row.
-            contrib: the rows' contributions if already computed (rows x features).
+            contrib: the rows' contributions if already computed (rows x model inputs).
 
         """
-        frame = self.model.frame(X)
-        if contrib is None:
-            contrib = self.contributions(frame)
-        return self.reasons_matrix(frame.to_numpy(dtype="float64"), k, contrib)
+        x = self.model.frame(X).to_numpy(dtype="float64")
+        return self.reasons_matrix(x, k, contrib)
 
     def reasons_matrix(self, x: np.ndarray, k: int, contrib: np.ndarray | None = None) -> Reasons:
-        """:meth:`reasons` on a float matrix whose columns are ``self.names``, in order.
+        """:meth:`reasons` on a float matrix whose columns are the model's features, in order.
 
         The service's hot path: no DataFrame is built when TreeSHAP is compiled.
         """
-        if x.ndim != 2 or x.shape[1] != len(self.names):
-            raise ValueError(f"reasons_matrix: expected (rows, {len(self.names)}), got {x.shape}")
+        n_features = len(self.model.features)
+        if x.ndim != 2 or x.shape[1] != n_features:
+            raise ValueError(f"reasons_matrix: expected (rows, {n_features}), got {x.shape}")
+        inputs = self.model.inputs_matrix(x)
         if contrib is None:
-            if self.tree_shap is not None:
-                contrib = self.tree_shap.contributions(x)
-            else:
-                contrib = self.model.contributions(pd.DataFrame(x, columns=self.names))[0]
-        eligible = reason_eligible(x, self.typical, self.passive, self.tolerance)
+            contrib = self._contributions(x, inputs)
+        eligible = reason_eligible(inputs, self.typical, self.passive, self.tolerance)
         # Ineligible features and zero contributions rank below every eligible one.
         size = np.where(eligible & (contrib != 0), np.abs(contrib), -1.0)
         idx = top_k_indices(size, k, signed=True)
         return Reasons(
             features=idx,
-            values=np.take_along_axis(x, idx, axis=1),
+            values=np.take_along_axis(inputs, idx, axis=1),
             contributions=np.take_along_axis(contrib, idx, axis=1),
             names=self.names,
             typical=self.typical,

@@ -106,6 +106,7 @@ class Scored:
     value_at_risk: np.ndarray
     reasons: list[list[dict]] | None
     as_of_s: np.ndarray
+    lapsed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.known)
@@ -124,6 +125,7 @@ class Scored:
                     "segment": self.segment[i],
                     "clv": float(self.clv[i]),
                     "value_at_risk": float(self.value_at_risk[i]),
+                    "lapsed": bool(self.lapsed[i]) if self.lapsed is not None else False,
                     "reasons": None if self.reasons is None else self.reasons[i],
                 }
             )
@@ -389,6 +391,7 @@ class OnlinePredictor:
             value_at_risk=d.value_at_risk,
             reasons=reasons,
             as_of_s=np.full(n, np.nan),
+            lapsed=d.lapsed,
         )
 
     def predict_ids(
@@ -424,6 +427,7 @@ class OnlinePredictor:
             value_at_risk=np.zeros(n),
             reasons=[[] for _ in range(n)] if explain else None,
             as_of_s=np.where(known, as_of, np.nan),
+            lapsed=np.zeros(n, dtype=bool),
         )
         if not known.any():
             return out
@@ -443,6 +447,7 @@ class OnlinePredictor:
             "dial_position",
             "clv",
             "value_at_risk",
+            "lapsed",
         ):
             getattr(out, name)[rows] = getattr(scored, name)
         for k, i in enumerate(rows.tolist()):

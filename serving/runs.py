@@ -41,6 +41,7 @@ from serving.explain import REASON_TYPE
 RUN_PREFIX = "run="
 RUN_GLOB = f"{RUN_PREFIX}*.parquet"
 META_KEY = b"engage.scoring"
+CHECKS_KEY = b"engage.scoring.checks"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 SCHEMA = pa.schema(
@@ -56,6 +57,9 @@ SCHEMA = pa.schema(
         ("segment", pa.string()),
         ("clv", pa.float64()),
         ("value_at_risk", pa.float64()),
+        # A customer outside the churn model's population (no activity in its window):
+        # scored, but listed in the win-back list, not at the top of the at-risk list.
+        ("lapsed", pa.bool_()),
         ("reasons", pa.list_(REASON_TYPE)),
         ("run_id", pa.string()),
         ("churn_version", pa.string()),
@@ -88,12 +92,18 @@ def run_path(paths: Paths, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def run_writer(
-    paths: Paths, run_id: str, meta: dict[str, Any], timeout: float = 0
+    paths: Paths,
+    run_id: str,
+    meta: dict[str, Any],
+    checks: Callable[[], dict[str, Any]] | None = None,
+    timeout: float = 0,
 ) -> Iterator[Callable[[pa.Table], None]]:
     """Write a run atomically: yields ``write(table)`` for tables of :data:`SCHEMA`.
 
-    ``meta`` is stored in the file's schema metadata. On success the file is renamed to
-    :func:`run_path` (replacing a run with the same id); on any failure,
+    ``meta`` is stored in the file's schema metadata; ``checks()``, called once every
+    table is written, is stored under :data:`CHECKS_KEY` (what is known only at the end:
+    lapsed customers, rows outside the training ranges, warnings). On success the file
+    is renamed to :func:`run_path` (replacing a run with the same id); on any failure,
     KeyboardInterrupt included, the temporary file is removed. The run's lock is held
     throughout, waiting up to ``timeout`` seconds for another writer of the same id.
 
@@ -116,6 +126,8 @@ def run_writer(
         try:
             with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
                 yield write
+                if checks is not None:
+                    writer.add_key_value_metadata({CHECKS_KEY: json.dumps(checks()).encode()})
             fault_point("score:before_rename")
             os.replace(tmp, final)
         except BaseException:
@@ -144,6 +156,8 @@ class RunInfo:
             m: int(t["horizon_days"]) for m, t in self.trained_for.items() if "horizon_days" in t
         }
 
+    checks: dict[str, Any] = field(default_factory=dict)
+
 
 def run_info(path: Path) -> RunInfo:
     """The metadata of the run stored at ``path``.
@@ -152,7 +166,7 @@ def run_info(path: Path) -> RunInfo:
         ValueError: the file is not a scoring run.
 
     """
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_metadata(path).metadata or {}
     raw = meta.get(META_KEY)
     if raw is None:
         raise ValueError(f"{path}: not a scoring run (no {META_KEY.decode()} metadata)")
@@ -165,6 +179,7 @@ def run_info(path: Path) -> RunInfo:
         rows=int(m["rows"]),
         versions=m["versions"],
         trained_for=m.get("trained_for") or {},
+        checks=json.loads(meta[CHECKS_KEY]) if CHECKS_KEY in meta else {},
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,10 +36,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Params, Paths
+from engage.specs import MODEL_SPECS
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from features.snapshots import features_lock, pick_snapshot, to_utc
 from serving.champions import Champions, load_champions, make_explainers, typical_by_half
-from serving.decision import Decisions, Layout, decide
+from serving.decision import HALF, Decisions, Layout, decide
 from serving.explain import REASON_TYPE, Explainer
 from serving.index import STAGES
 from serving.runs import SCHEMA, check_run_id, previous_stages, run_path, run_writer
@@ -46,6 +48,7 @@ from serving.runs import previous_run as run_before
 from serving.segments import SEGMENTS
 
 Progress = Callable[[int, int], None]
+logger = logging.getLogger(__name__)
 
 
 def empty_reasons(n: int) -> pa.ListArray:
@@ -93,6 +96,7 @@ def to_arrow(
         "segment": text(np.asarray(SEGMENTS, dtype=object)[d.segment]),
         "clv": pa.array(d.clv),
         "value_at_risk": pa.array(d.value_at_risk),
+        "lapsed": pa.array(d.lapsed if d.lapsed is not None else np.zeros(n, dtype=bool)),
         "reasons": _reasons_column(d),
         "run_id": const(run_id),
         "churn_version": const(versions.get("churn", "")),
@@ -188,7 +192,17 @@ def planned_run_id(
 
 @dataclass
 class ScoreRun:
-    """What a scoring run wrote."""
+    """What a scoring run wrote.
+
+    Attributes:
+        lapsed: customers outside the churn model's population (win-back list).
+        out_of_range: per model, the scored rows outside each feature's training range
+            (features with at least one such row).
+        scored: per model, the rows it scored.
+        warnings: one line per model and feature whose out-of-range share reaches
+            ``scoring.range_warning_share`` (also logged and kept in the run's metadata).
+
+    """
 
     run_id: str
     path: Path
@@ -200,6 +214,68 @@ class ScoreRun:
     stages: dict[str, int] = field(default_factory=dict)
     segments: dict[str, int] = field(default_factory=dict)
     previous_run: str | None = None
+    lapsed: int = 0
+    out_of_range: dict[str, dict[str, int]] = field(default_factory=dict)
+    scored: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class RangeCheck:
+    """Counts, per model and feature, the scored rows outside the training range.
+
+    Trees do not extrapolate: a row beyond the range a LightGBM model was fitted on gets
+    the prediction of the range's edge (e.g. the tenure of a cohort older than any it was
+    trained on), so such rows are counted and the largest shares reported.
+    """
+
+    def __init__(self, champions: Champions, layout: Layout) -> None:
+        self.champions, self.layout = champions, layout
+        self.counts: dict[str, dict[str, int]] = {name: {} for name in champions.models}
+        self.rows: dict[str, int] = dict.fromkeys(champions.models, 0)
+
+    def add(self, X: np.ndarray) -> None:
+        """Count the rows of one batch (the decision matrix) in each model's population."""
+        half = X[:, self.layout.columns[HALF]]
+        for name, model in self.champions.models.items():
+            spec = MODEL_SPECS[name]
+            rows = np.ones(len(X), dtype=bool) if spec.scores_everyone else half == spec.half
+            population = self.layout.populations.get(name)
+            if population is not None:
+                # Rows outside the model's population (lapsed customers) are outside its
+                # training range by definition: not a sign of extrapolation.
+                cols, days = population
+                with np.errstate(invalid="ignore"):
+                    rows &= (X[:, cols] <= days).any(axis=1)
+            x = X[np.ix_(rows, self.layout.model_columns[name])]
+            self.rows[name] += len(x)
+            for feature, n in model.out_of_range(x).items():
+                self.counts[name][feature] = self.counts[name].get(feature, 0) + n
+
+    def warnings(self, share: float) -> list[str]:
+        """One line per model: the features whose out-of-range share reaches ``share``."""
+        out = []
+        for name, counts in self.counts.items():
+            total = max(self.rows[name], 1)
+            ranges = self.champions[name].feature_ranges()
+            hot = sorted(((n, f) for f, n in counts.items() if n / total >= share), reverse=True)
+            if not hot:
+                continue
+            parts = [
+                f"{f} {n:,} rows ({n / total:.1%}; trained on {_num(ranges[f][0])}.."
+                f"{_num(ranges[f][1])})"
+                for n, f in hot[:8]
+            ]
+            more = f" and {len(hot) - 8} more" if len(hot) > 8 else ""
+            out.append(
+                f"{name}: scored rows outside the training range of {len(hot)} feature(s): "
+                + ", ".join(parts)
+                + more
+            )
+        return out
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 or v == round(v) else f"{v:.3g}"
 
 
 def score(
@@ -253,7 +329,12 @@ def _score(
     start: float,
 ) -> ScoreRun:
     snap = pick_snapshot(paths.features_dir, as_of)
-    champions = champions or load_champions(paths, params)
+    if champions is None:
+        from training.registry import relocate_artifacts
+
+        # A batch command may write: a copied or moved store follows its folder first.
+        relocate_artifacts(paths)
+        champions = load_champions(paths, params)
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
     run_id = run_id or default_run_id(
@@ -285,8 +366,19 @@ def _score(
     }
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)
-    done = 0
-    with run_writer(paths, run_id, meta, timeout=params.data.lock_timeout_s) as write:
+    done = lapsed = 0
+    check = RangeCheck(champions, layout)
+
+    def extra_meta() -> dict:
+        # Written into the file's metadata once every batch is counted.
+        return {
+            "lapsed": lapsed,
+            "out_of_range": check.counts,
+            "scored": check.rows,
+            "warnings": check.warnings(params.scoring.range_warning_share),
+        }
+
+    with run_writer(paths, run_id, meta, extra_meta, timeout=params.data.lock_timeout_s) as write:
         for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
             frame = batch.to_pandas()
             X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
@@ -306,11 +398,16 @@ def _score(
                     d, frame[ENTITY_KEY].to_numpy(), frame[TIMESTAMP], run_id, champions.versions
                 )
             )
+            check.add(X)
             stage_counts += np.bincount(d.stage, minlength=len(STAGES))
             segment_counts += np.bincount(d.segment, minlength=len(SEGMENTS))
+            lapsed += int(d.lapsed.sum())
             done += len(frame)
             if progress:
                 progress(done, total)
+    warnings = check.warnings(params.scoring.range_warning_share)
+    for line in warnings:
+        logger.warning("run %s: %s", run_id, line)
     return ScoreRun(
         run_id=run_id,
         path=run_path(paths, run_id),
@@ -322,4 +419,8 @@ def _score(
         stages=dict(zip(STAGES, stage_counts.tolist(), strict=True)),
         segments=dict(zip(SEGMENTS, segment_counts.tolist(), strict=True)),
         previous_run=previous.run.run_id if previous.run else None,
+        lapsed=lapsed,
+        out_of_range=check.counts,
+        scored=check.rows,
+        warnings=warnings,
     )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engage.config import Params
-from features.catalog import FeatureSpec, feature_specs, stat_columns
+from features.catalog import RATE_DAYS, FeatureSpec, feature_specs, stat_columns
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class Phrase:
         """``values`` rounded to what the sentence shows (NaN stays NaN)."""
         v = np.asarray(values, dtype="float64")
         with np.errstate(invalid="ignore"):
-            if self.kind in ("rate", "abandonment"):
+            if self.kind in ("rate", "abandonment", "inactive_share"):
                 return np.floor(100 * v + 0.5) / 100
             if self.kind == "trend":
                 return np.round(v, 6)
@@ -201,7 +201,7 @@ class Phrase:
                         s < 7200, np.floor(s / 60 + 0.5) * 60, np.floor(s / 3600 + 0.5) * 3600
                     ),
                 )
-            if self.unit in ("days", "count", "amount", "score", "flag"):
+            if self.unit in ("days", "count", "amount", "score", "flag", "amount_per_period"):
                 return np.floor(v + 0.5)
         return np.round(v, 2)
 
@@ -218,8 +218,10 @@ class Phrase:
             return amount(v, self.currency)
         if self.unit == "seconds":
             return duration(v)
-        if self.unit in ("rate",):
+        if self.unit in ("rate", "share"):
             return percent(v)
+        if self.unit == "amount_per_period":
+            return amount(v, self.currency)
         if self.unit == "ratio":
             return change(v)
         return number(v)
@@ -312,6 +314,24 @@ class Phrase:
             if moved == "steady":
                 return f"{w.many} steady over the last two {period} periods{typical}"
             return f"{w.many} {moved} on the {self.window} days before{typical}"
+        if k == "per_period":
+            per = f"per {RATE_DAYS} days of known life"
+            if self.unit == "amount_per_period":
+                if nan or v == 0:
+                    return f"no {w.many} so far{typical}"
+                return f"{self._value(v)} of {w.many} {per}{typical}"
+            if nan or v == 0:
+                return f"no {w.many} so far{typical}"
+            many = "own actions" if w is ACTIVITY else w.many
+            return f"{number(v)} {many} {per}{typical}"
+        if k == "overdue":
+            if nan:
+                return f"fewer than two {w.many} so far, no usual gap yet"
+            return f"last {w.one} {number(v)} usual gaps ago{typical}"
+        if k == "inactive_share":
+            if nan:
+                return "known life unknown"
+            return f"quiet for {percent(v)} of their known life{typical}"
         if k == "flag":
             if nan:
                 return f"{self.description}: unknown"

@@ -21,8 +21,9 @@ Endpoints (models and examples in ``serving/api_models.py``; OpenAPI page at ``G
 - ``POST /predict_features`` ``{rows, explain, top_k}``: the same from feature values
   sent by the caller; every feature is required and checked against its range
   (:func:`features.catalog.value_rules`); a problem is a 400 naming the feature and rule.
-- ``POST /at_risk`` ``{limit, segment, min_value_at_risk}``: the at-risk list of the
-  latest batch scoring run (``engage score``), cached until a new run appears.
+- ``POST /at_risk`` ``{limit, segment, min_value_at_risk, win_back}``: the at-risk list of
+  the latest batch scoring run (``engage score``): still-reachable customers, or the
+  lapsed ones with ``win_back``; cached until a new run appears.
 - ``GET /ready``: 200 with the model versions, feature list, limits and registry state
   after a real read of the online store; 503 with the reason otherwise. BentoML's
   ``GET /readyz`` runs the same check; ``/livez`` and ``/healthz`` are liveness only.
@@ -786,7 +787,7 @@ class EngageService:
         """``POST /at_risk``: (HTTP status, JSON document) from the cached latest run."""
         try:
             info, contacts = self.at_risk_cache.get(
-                request.limit, request.segment, request.min_value_at_risk
+                request.limit, request.segment, request.min_value_at_risk, request.win_back
             )
         except ValueError as err:
             return 400, {"error": str(err)}
@@ -830,10 +831,16 @@ class EngageService:
 
     @bentoml.api(route="/at_risk", input_spec=AtRiskRequest)
     def at_risk(
-        self, limit: int = 20, segment: str | None = None, min_value_at_risk: float = 0.0
+        self,
+        limit: int = 20,
+        segment: str | None = None,
+        min_value_at_risk: float = 0.0,
+        win_back: bool = False,
     ) -> AtRiskResponse:
-        """Customers of the latest batch scoring run by value at risk, with actions."""
-        request = AtRiskRequest(limit=limit, segment=segment, min_value_at_risk=min_value_at_risk)
+        """Reachable customers of the latest batch run by value at risk (or the lapsed ones)."""
+        request = AtRiskRequest(
+            limit=limit, segment=segment, min_value_at_risk=min_value_at_risk, win_back=win_back
+        )
         return JSONResponse(*reversed(self.answer_at_risk(request)))
 
 

@@ -16,6 +16,9 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("FEAST_USAGE", "False")
+# LightGBM's OpenMP threads spin while they wait; on a shared 2-core machine that made
+# every boosting round up to 8x slower. Passive waiting must be set before libgomp loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SMALL = ("simulate.customers=2500", "simulate.days=300")
 

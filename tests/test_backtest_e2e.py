@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from evaluation import backtest as bt
+from training.model import KINDS
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,8 @@ def test_every_cell_ran_the_pipeline_and_was_judged(run):
         assert doc["leakage"]["audited_rows"] > 0
         for name, m in doc["models"].items():
             assert m["status"] == "ok"
-            assert m["champion"]["kind"] == "lightgbm"
+            # LightGBM, or the best baseline when the gate found LightGBM no better.
+            assert m["champion"]["kind"] in KINDS
             assert m["champion"]["registry_version"] == m["champion"]["scored_version"] == "1"
             assert m["population_not_scored"] >= 0 and m["contacts"] > 50
             assert set(m["methods"]) >= {"champion", "recency", "rfm", "logistic"}

@@ -31,7 +31,8 @@ from features.snapshots import snapshot_glob
 from features.store import apply_objects, apply_repo, get_store, repo_config
 
 FEAST = Path(sys.executable).parent / "feast"
-UNITS = {"days", "count", "amount", "seconds", "score", "rate", "flag", "ratio"}
+UNITS = {"days", "count", "amount", "seconds", "score", "rate", "flag", "ratio", "share"}
+UNITS |= {"per_period", "amount_per_period", "multiple"}  # cohort-free forms
 OTHER = ("features.windows_days=[14]", "features.ttl_days=50")
 
 

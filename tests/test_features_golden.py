@@ -114,6 +114,27 @@ def test_hand_computed_edges(built):
     assert f.loc[("C", AS_OF[1]), "days_since_last_event"] == pytest.approx(14 / 24)
 
 
+def test_cohort_free_rates_and_ratios_by_hand(built):
+    _, got, _, _ = built
+    f = got.set_index(["customer_id", "event_timestamp"])
+    a2 = f.loc[("A", AS_OF[1])]  # 2025-03-03; A first seen 2024-12-01: 92 days of life
+    assert a2["tenure_days"] == pytest.approx(92.0)
+    assert a2["purchases_per_30_days"] == pytest.approx(2 * 30 / 92)
+    assert a2["revenue_per_30_days"] == pytest.approx(100 * 30 / 92)
+    # Last purchase 2025-02-01 00:00 (30 days), usual gap 26 days 15 h: 1.13 gaps overdue.
+    assert a2["purchase_overdue_ratio"] == pytest.approx(30 / (26 + 15 / 24))
+    # Last own action: the cart at 2025-03-01 00:00, 2 of 92 days ago.
+    assert a2["inactive_share_of_tenure"] == pytest.approx(2 / 92)
+    # Own actions before 2025-03-03: open, 2 clicks, visit, 2 purchases, 2 NPS, cart = 9.
+    assert a2["activity_per_30_days"] == pytest.approx(9 * 30 / 92)
+    # D: 17 days of life and nothing done: zero rates, no ratio.
+    d1 = f.loc[("D", AS_OF[0])]
+    assert d1["purchases_per_30_days"] == 0 and d1["activity_per_30_days"] == 0
+    assert np.isnan(d1["inactive_share_of_tenure"]) and np.isnan(d1["purchase_overdue_ratio"])
+    # One purchase: no usual gap yet, so no overdue ratio.
+    assert np.isnan(f.loc[("A", AS_OF[0]), "purchase_overdue_ratio"])
+
+
 def test_customer_without_events_gets_zeros_and_nulls(built):
     _, got, _, _ = built
     d = got[got["customer_id"] == "D"].set_index("event_timestamp")

@@ -38,6 +38,7 @@ def write_run(paths: Paths, run_id: str, as_of: pd.Timestamp, rows: dict[str, tu
             "segment": segment,
             "clv": pa.array(np.where(customer, 100.0, 0.0)),
             "value_at_risk": pa.array(np.where(customer, 30.0, 0.0)),
+            "lapsed": pa.array(np.zeros(n, dtype=bool)),
             "reasons": empty_reasons(n),
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,

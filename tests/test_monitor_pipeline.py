@@ -48,14 +48,19 @@ def test_realised_labels_of_a_past_run_are_the_training_labels(mon):
     o = next(o for o in report.outcomes if o.run_id == run.run_id and o.model == "churn")
     assert o.status == "complete" and o.version == version
     # The champion's held-out rows at that as-of time: same contacts, same labels
-    # (make_labels), and the run's p_churn are the held-out predictions.
+    # (make_labels). The scores are the run's own p_churn: the served model was refitted
+    # on every labelled as-of time, so it differs from the held-out fit's predictions.
+    from features.catalog import ENTITY_KEY
+    from serving.runs import read_run
+    from training.evaluate import probability_metrics
+
     held_t = held[held["event_timestamp"] == run.as_of]
     y = held_t["label"].to_numpy()
     assert o.population == len(held_t) == o.evaluated
     assert o.realised_rate == pytest.approx(y.mean())
-    from training.evaluate import probability_metrics
-
-    want = probability_metrics(y, held_t["p"].to_numpy(), params.training.ece_bins)
+    _, scored = read_run(paths, run.run_id)
+    p = scored.set_index(ENTITY_KEY).loc[held_t[ENTITY_KEY], "p_churn"].to_numpy()
+    want = probability_metrics(y, p, params.training.ece_bins)
     assert o.metrics["roc_auc"] == pytest.approx(want["roc_auc"], abs=1e-9)
     assert o.metrics["brier"] == pytest.approx(want["brier"], abs=1e-9)
     # Canary: the latest run's window is not observed: pending, never final, no metric.

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features.catalog import ENTITY_KEY
+from features.catalog import ENTITY_KEY, recency_feature
 from features.snapshots import list_snapshots, pick_snapshot
 from serving.at_risk import at_risk_list, suggested_action, to_csv, to_json
 from serving.champions import load_champions
@@ -178,7 +179,10 @@ def test_at_risk_list(pipeline, latest):
     assert info.run_id == latest.run_id and len(top) == 15
     _, scores = read_run(pipeline.paths, latest.run_id)
     customers = scores[scores["has_purchased"] == 1]
-    assert top["value_at_risk"].tolist() == customers["value_at_risk"].nlargest(15).tolist()
+    reachable = customers[~customers["lapsed"]]
+    # Reachable customers only, by construction: lapsed ones never fill the top.
+    assert not top["lapsed"].any()
+    assert top["value_at_risk"].tolist() == reachable["value_at_risk"].nlargest(15).tolist()
     assert top["reasons"].map(len).eq(3).all()
     assert all(
         a == suggested_action(s, g) for a, s, g in top[["action", "stage", "segment"]].values
@@ -191,6 +195,40 @@ def test_at_risk_list(pipeline, latest):
         at_risk_list(pipeline.paths, segment="vip")
     with pytest.raises(LookupError, match="no scoring run 'nope'"):
         at_risk_list(pipeline.paths, run_id="nope")
+
+    # The lapsed customers (no activity within the churn window) are a win-back list.
+    lapsed = customers[customers["lapsed"]]
+    assert len(lapsed) and not (scores.loc[scores["has_purchased"] == 0, "lapsed"]).any()
+    _, back = at_risk_list(pipeline.paths, top=10, win_back=True)
+    assert back["lapsed"].all()
+    assert back["value_at_risk"].tolist() == lapsed["value_at_risk"].nlargest(10).tolist()
+    # Lapsed = a customer none of whose activities is within the churn window.
+    params = pipeline.params
+    window = params.labels.churn_active_within_days
+    cols = [recency_feature(params, t) for t in params.labels.churn_activity_types]
+    snap = pd.read_parquet(pick_snapshot(pipeline.paths.features_dir).path)
+    snap = snap.set_index(ENTITY_KEY).loc[scores[ENTITY_KEY]]
+    active = (snap[cols] <= window).any(axis=1).to_numpy()
+    want = (snap["has_purchased"].to_numpy() == 1) & ~active
+    np.testing.assert_array_equal(scores["lapsed"].to_numpy(), want)
+    assert latest.lapsed == int(want.sum())
+    # Old runs without the flag fall back on the segments: Lost and At risk are lapsed.
+    import pyarrow.parquet as pq
+
+    from serving.runs import META_KEY
+
+    old = pq.read_table(latest.path).drop_columns(["lapsed"])
+    meta = json.loads(old.schema.metadata[META_KEY])
+    meta.update(run_id="old-run", scored_at="2000-01-01T00:00:00+00:00")  # never the latest
+    old_path = pipeline.paths.scores_dir / "run=old-run.parquet"
+    pq.write_table(old.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), old_path)
+    try:
+        _, old_top = at_risk_list(pipeline.paths, top=50, run_id="old-run")
+        assert not old_top["segment"].isin(["Lost", "At risk"]).any()
+        _, old_back = at_risk_list(pipeline.paths, top=50, run_id="old-run", win_back=True)
+        assert old_back["segment"].isin(["Lost", "At risk"]).all() and len(old_back)
+    finally:
+        old_path.unlink()
 
     doc = json.loads(to_json(top, info))
     assert doc["run_id"] == latest.run_id and len(doc["contacts"]) == 15
@@ -257,3 +295,22 @@ def test_service_lookup_reads_the_packed_store_like_the_feast_sdk(pipeline, cham
     assert np.isnan(as_of[-2]) and np.isnan(X[-2]).all()
     np.testing.assert_array_equal(X[-1], X[0])
     assert np.isfinite(as_of[:-2]).all()
+
+
+def test_run_metadata_keeps_the_lapsed_count_and_the_range_check(pipeline, latest):
+    from serving.runs import run_info
+
+    checks = run_info(latest.path).checks
+    assert checks["lapsed"] == latest.lapsed > 0
+    assert checks["scored"] == latest.scored
+    assert checks["out_of_range"] == latest.out_of_range
+    assert checks["warnings"] == latest.warnings
+    # The churn model scores customers only, the appetence model every contact; the range
+    # check counts the churn model's population (lapsed customers are outside it).
+    assert latest.scored["appetence"] == latest.rows > latest.scored["churn"] > 0
+    customers = int(pq.read_table(latest.path, columns=["has_purchased"])["has_purchased"]
+                    .to_numpy().sum())  # fmt: skip
+    assert latest.scored["churn"] + latest.lapsed == customers
+    # The last snapshot is a month past the refit's last as-of time: the oldest contacts'
+    # tenure lies beyond anything the models were fitted on, and is counted.
+    assert latest.out_of_range["churn"].get("tenure_days", 0) > 0

@@ -187,6 +187,7 @@ def test_predict_agrees_with_batch_scoring(client, batch, sample_ids):
     np.testing.assert_allclose(got["value_at_risk"], want["value_at_risk"], rtol=1e-9)
     assert got["stage"].tolist() == want["stage"].tolist()
     assert got["segment"].tolist() == want["segment"].tolist()
+    assert got["lapsed"].tolist() == want["lapsed"].tolist()
     # Same models, same typical values: the same top-3 reasons, word for word.
     for cid in sample_ids:
         online = [r["text"] for r in got.loc[cid, "reasons"]]
@@ -400,6 +401,15 @@ def test_at_risk_lists_the_latest_run(client, pipeline, batch):
     # The documented enum: segment names exactly as spelled.
     resp = client.post("/at_risk", json={"limit": 3, "segment": segment.upper()})
     assert resp.status_code == 400 and "segment" in resp.json()["error"]
+
+    # Reachable customers by default; the lapsed ones only on the win-back list.
+    assert not any(c["lapsed"] for c in body["contacts"])
+    resp = client.post("/at_risk", json={"limit": 5, "win_back": True})
+    assert resp.status_code == 200, resp.text
+    _, back = at_risk_list(pipeline.paths, top=5, win_back=True)
+    contacts = resp.json()["contacts"]
+    assert [c["customer_id"] for c in contacts] == back[ENTITY_KEY].tolist()
+    assert contacts and all(c["lapsed"] for c in contacts)
 
 
 # --------------------------------------------------------- API key and stale flag

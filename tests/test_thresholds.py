@@ -79,9 +79,12 @@ def test_held_out_predictions_come_from_the_champion_run(pipeline):
     result = pipeline.results["churn"]
     assert version == result.version
     assert len(churn) == len(result.test)
+    # The held-out fit's predictions (the served model is its refit: it has seen them).
+    assert result.chosen == "model"
     np.testing.assert_allclose(
-        np.sort(churn["p"]), np.sort(result.engage_model.predict_proba(result.test))
+        np.sort(churn["p"]), np.sort(result.lightgbm.predict_proba(result.test))
     )
+    np.testing.assert_allclose(churn["p_model"], churn["p"])
     # Appetence: only prospects can land in the Purchase quadrant.
     appetence, _ = load_held_out(pipeline.paths, "appetence")
     assert 0 < len(appetence) < len(pipeline.results["appetence"].test)

@@ -44,6 +44,7 @@ def write_run(paths: Paths, run_id: str, as_of: pd.Timestamp, stages: dict[str, 
             "segment": ["Repeat" if c else "Lead" for c in customer],
             "clv": pa.array(np.where(customer, 100.0, 0.0)),
             "value_at_risk": pa.array(np.where(customer, 70.0, 0.0)),
+            "lapsed": pa.array(np.zeros(n, dtype=bool)),
             "reasons": empty_reasons(n),
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,
@@ -224,12 +225,16 @@ def test_call_list_is_reachable_customers_in_exit(runs, monkeypatch):
     # C has lapsed: the run says so itself (a `lapsed` column wins over the segment).
     path = runs.scores_dir / "run=w4.parquet"
     table = pq.read_table(path)
-    table = table.append_column("lapsed", pa.array([False, True, False]))
+    at = table.schema.get_field_index("lapsed")
+    table = table.set_column(at, "lapsed", pa.array([False, True, False]))
     pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
     _, calls = call_list(runs, capacity=10)
     assert calls["customer_id"].tolist() == ["B"]
-    _, everyone = at_risk_list(runs, top=10)
-    assert sorted(everyone["customer_id"]) == ["B", "C", "F"]
+    # The at-risk list holds the reachable customers; the lapsed one is on the win-back list.
+    _, reachable = at_risk_list(runs, top=10)
+    assert sorted(reachable["customer_id"]) == ["B", "F"]
+    _, back = at_risk_list(runs, top=10, win_back=True)
+    assert back["customer_id"].tolist() == ["C"]
     with pytest.raises(ValueError, match="stage must be Retention or Exit"):
         at_risk_list(runs, stage="Purchase")
     monkeypatch.setenv("ENGAGE_DATA_DIR", str(runs.data_dir))

@@ -15,12 +15,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engage.config import Params, Paths
+from engage.config import Params, Paths, TrainingParams
 from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, TIMESTAMP
 from features.reference import reference_snapshot
 from features.snapshots import require_snapshots
-from training.labels import LABEL, make_labels
+from training.labels import LABEL, labelable, make_labels, observed_until
 
 
 class LeakageError(AssertionError):
@@ -42,12 +42,116 @@ class Split:
         return out
 
 
+def split_times(
+    times: list[pd.Timestamp], horizon_days: int, tp: TrainingParams
+) -> tuple[list, list, list]:
+    """The train, valid and test as-of times of a purged split of ``times``.
+
+    The last ``training.test_snapshots`` times are the test set; validation takes the
+    last ``valid_snapshots`` times whose label window ``[as_of, as_of + H)`` ends by the
+    first test time; training takes every time whose window ends by the first validation
+    time. Times in between are left out.
+
+    Raises:
+        ValueError: too few times for the configured split and horizon.
+
+    """
+    horizon = pd.Timedelta(days=horizon_days)
+    times = sorted(times)
+    if len(times) < tp.test_snapshots + 2:
+        raise ValueError(
+            f"training: {len(times)} labelled as-of times, need more than "
+            f"training.test_snapshots={tp.test_snapshots} + 1"
+        )
+    test_start = times[-tp.test_snapshots]
+    # Validation and training times are purged: their label windows end before the
+    # next part starts, so no label has seen the period it is evaluated on.
+    valid_times = [t for t in times if t + horizon <= test_start][-tp.valid_snapshots :]
+    valid_start = valid_times[0] if valid_times else test_start
+    train_times = [t for t in times if t + horizon <= valid_start]
+    if len(train_times) < tp.min_train_snapshots or not valid_times:
+        raise ValueError(
+            f"training: after purging label windows of {horizon_days} days, "
+            f"{len(train_times)} train and {len(valid_times)} valid as-of times remain (need "
+            f"{tp.min_train_snapshots} and 1) out of {len(times)}: shorten "
+            "labels.horizon_days, reduce valid/test snapshots or add history"
+        )
+    return train_times, valid_times, times[-tp.test_snapshots :]
+
+
+def longest_horizon(
+    as_of: list[pd.Timestamp], end: pd.Timestamp, tp: TrainingParams, up_to: int
+) -> int | None:
+    """The longest horizon (days, at most ``up_to``) whose purged split fits the history.
+
+    A horizon fits when the as-of times whose label window ends by ``end`` can be split
+    by :func:`split_times`. None when not even a one-day horizon fits.
+    """
+    for h in range(up_to, 0, -1):
+        try:
+            split_times(labelable(as_of, h, end), h, tp)
+        except ValueError:
+            continue
+        return h
+    return None
+
+
+def check_horizon(as_of: list[pd.Timestamp], end: pd.Timestamp, params: Params) -> None:
+    """Fail before any retrieval when the horizon leaves no purged split of the history.
+
+    Raises:
+        ValueError: names the horizon, the history, and the longest horizon that fits.
+
+    """
+    tp, h = params.training, params.labels.horizon_days
+    labelled = labelable(as_of, h, end)
+    try:
+        split_times(labelled, h, tp)
+        return
+    except ValueError as err:
+        problem = str(err).removeprefix("training: ")
+    best = longest_horizon(as_of, end, tp, h - 1)
+    history = (
+        f"{len(as_of)} snapshots from {min(as_of):%Y-%m-%d} to {max(as_of):%Y-%m-%d}, data "
+        f"until {end:%Y-%m-%d}"
+        if as_of
+        else "no snapshot"
+    )
+    hint = (
+        f"the longest horizon that fits is {best} days (--set labels.horizon_days={best})"
+        if best
+        else "no horizon fits: add history, or reduce training.valid_snapshots / "
+        "test_snapshots / min_train_snapshots"
+    )
+    raise ValueError(
+        f"labels.horizon_days={h}: {len(labelled)} as-of times have a fully observed label "
+        f"window ({history}); {problem}; {hint}"
+    )
+
+
+def check_history(paths: Paths, params: Params) -> None:
+    """:func:`check_horizon` on the stored snapshots and events (cheap: no labels, no Feast).
+
+    Raises:
+        FileNotFoundError: no snapshot.
+        ValueError: the horizon does not fit the history (names the longest that does).
+
+    """
+    times = [s.as_of for s in require_snapshots(paths.features_dir)]
+    check_horizon(times, observed_until(paths.events), params)
+
+
 def training_frame(paths: Paths, params: Params, model: str, store=None) -> pd.DataFrame:
     """Labels at every stored snapshot with an observed window, joined by Feast.
 
-    The features come from the model's FeatureService through
-    ``get_historical_features`` (point in time); with ``training.max_rows_per_snapshot``
-    a fixed-size random sample of contacts is kept per as-of time.
+    The features come from the model's FeatureService through ``get_historical_features``
+    (point in time); with ``training.max_rows_per_snapshot`` a fixed-size random sample
+    of contacts is kept per as-of time. (:func:`check_history` tells beforehand whether
+    the time split of :func:`time_split` will fit.)
+
+    Raises:
+        ValueError: see :func:`training.labels.make_labels`.
+
     """
     from features.store import get_store, historical_features
 
@@ -71,40 +175,40 @@ def training_frame(paths: Paths, params: Params, model: str, store=None) -> pd.D
 def time_split(frame: pd.DataFrame, params: Params) -> Split:
     """Split by as-of time: train < valid < test, purging label-window overlaps.
 
-    The last ``training.test_snapshots`` as-of times are the test set; validation (early
-    stopping and calibration) takes the last ``valid_snapshots`` times whose label window
-    ``[as_of, as_of + H)`` ends by the first test time; training takes every time whose
-    window ends by the first validation time. Times in between are left out.
+    See :func:`split_times`.
 
     Raises:
         ValueError: too few as-of times for the configured split and horizon.
     """
-    tp = params.training
-    horizon = pd.Timedelta(days=params.labels.horizon_days)
     times = sorted(frame[TIMESTAMP].unique())
-    if len(times) < tp.test_snapshots + 2:
-        raise ValueError(
-            f"training: {len(times)} labelled as-of times, need more than "
-            f"training.test_snapshots={tp.test_snapshots} + 1"
-        )
-    test_start = times[-tp.test_snapshots]
-    # Validation and training times are purged: their label windows end before the
-    # next part starts, so no label has seen the period it is evaluated on.
-    valid_times = [t for t in times if t + horizon <= test_start][-tp.valid_snapshots :]
-    valid_start = valid_times[0] if valid_times else test_start
-    train_times = [t for t in times if t + horizon <= valid_start]
-    if len(train_times) < tp.min_train_snapshots or not valid_times:
-        raise ValueError(
-            f"training: after purging label windows of {params.labels.horizon_days} days, "
-            f"{len(train_times)} train and {len(valid_times)} valid as-of times remain (need "
-            f"{tp.min_train_snapshots} and 1) out of {len(times)}: shorten "
-            "labels.horizon_days, reduce valid/test snapshots or add history"
-        )
+    train_times, valid_times, test_times = split_times(
+        times, params.labels.horizon_days, params.training
+    )
     ts = frame[TIMESTAMP]
-    test = frame[ts >= test_start]
+    test = frame[ts >= test_times[0]]
     valid = frame[ts.isin(valid_times)]
     train = frame[ts.isin(train_times)]
     return Split(train.reset_index(drop=True), valid.reset_index(drop=True), test)
+
+
+def refit_split(frame: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The rows of the refit's calibration: a twin's training rows and its calibration rows.
+
+    The calibration rows are the last ``training.valid_snapshots`` labelled as-of times;
+    the twin trains on every time whose label window ends by the first of them (purged).
+    None when fewer than ``training.min_train_snapshots`` times remain for the twin.
+    """
+    horizon = pd.Timedelta(days=params.labels.horizon_days)
+    times = sorted(frame[TIMESTAMP].unique())
+    calib_times = times[-params.training.valid_snapshots :]
+    twin_times = [t for t in times if t + horizon <= calib_times[0]]
+    if len(twin_times) < params.training.min_train_snapshots:
+        return None
+    ts = frame[TIMESTAMP]
+    return (
+        frame[ts.isin(twin_times)].reset_index(drop=True),
+        frame[ts.isin(calib_times)].reset_index(drop=True),
+    )
 
 
 def check_feature_times(frame: pd.DataFrame) -> None:

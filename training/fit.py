@@ -15,7 +15,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from engage.config import LightGBMParams, TrainingParams
-from training.model import CALIBRATION_METHODS, Calibrator, EngageModel
+from training.model import BGNBD, CALIBRATION_METHODS, Calibrator, EngageModel
 from training.progress import lightgbm_callbacks
 
 
@@ -46,6 +46,37 @@ def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator
     )
 
 
+def adapt_to_rows(params: LightGBMParams, y: np.ndarray) -> LightGBMParams:
+    """LightGBM parameters scaled down to a small training set (``training.adapt_to_rows``).
+
+    With ``m`` rows of the rarer class: ``min_child_samples = min(configured,
+    max(5, m // 20))`` (a leaf may not need more rows than a twentieth of the rarer
+    class) and ``num_leaves = min(configured, max(4, m // (2 * min_child_samples)))``
+    (enough rarer-class rows for every leaf twice over). Large training sets keep the
+    configured values; 60 churners give 5 rows per leaf and 6 leaves instead of 50 and 31.
+    """
+    y = np.asarray(y)
+    m = int(min((y == 1).sum(), (y == 0).sum()))
+    mcs = min(params.min_child_samples, max(5, m // 20))
+    leaves = min(params.num_leaves, max(4, m // (2 * mcs)))
+    return params.model_copy(update={"min_child_samples": mcs, "num_leaves": leaves})
+
+
+def _lgb_params(params: LightGBMParams, seed: int, monotone: list[int] | None) -> dict[str, Any]:
+    out = params.model_dump(exclude={"n_estimators", "early_stopping_rounds"})
+    out.update(
+        seed=seed,
+        deterministic=True,
+        force_col_wise=True,
+        verbose=-1,
+        metric="binary_logloss",
+    )
+    if monotone is not None and any(monotone):
+        # "intermediate" loses less accuracy than "basic" for the same guarantee.
+        out.update(monotone_constraints=list(monotone), monotone_constraints_method="intermediate")
+    return out
+
+
 def fit_booster(
     train_X: pd.DataFrame,
     train_y: np.ndarray,
@@ -53,20 +84,24 @@ def fit_booster(
     valid_y: np.ndarray,
     params: LightGBMParams,
     seed: int,
+    monotone: list[int] | None = None,
 ) -> lgb.Booster:
-    """Train LightGBM with early stopping on the validation rows (deterministic)."""
-    lgb_params = params.model_dump(exclude={"n_estimators", "early_stopping_rounds"})
-    lgb_params.update(
-        seed=seed,
-        deterministic=True,
-        force_col_wise=True,
-        verbose=-1,
-        metric="binary_logloss",
-    )
+    """Train LightGBM with early stopping on the validation rows (deterministic).
+
+    Args:
+        train_X: training rows.
+        train_y: training labels.
+        valid_X: validation rows (early stopping).
+        valid_y: validation labels.
+        params: LightGBM parameters.
+        seed: the random seed.
+        monotone: +1 / -1 / 0 per column of ``train_X`` (LightGBM ``monotone_constraints``).
+
+    """
     train = lgb.Dataset(train_X, label=train_y, free_raw_data=False)
     valid = lgb.Dataset(valid_X, label=valid_y, reference=train, free_raw_data=False)
     booster = lgb.train(
-        lgb_params,
+        _lgb_params(params, seed, monotone),
         train,
         num_boost_round=params.n_estimators,
         valid_sets=[valid],
@@ -81,6 +116,24 @@ def fit_booster(
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
 
+def fit_booster_rounds(
+    X: pd.DataFrame,
+    y: np.ndarray,
+    params: LightGBMParams,
+    seed: int,
+    rounds: int,
+    monotone: list[int] | None = None,
+) -> lgb.Booster:
+    """Train LightGBM for a fixed number of rounds (the refit: no validation rows left)."""
+    train = lgb.Dataset(X, label=y, free_raw_data=False)
+    return lgb.train(
+        _lgb_params(params, seed, monotone),
+        train,
+        num_boost_round=max(1, rounds),
+        callbacks=lightgbm_callbacks(),
+    )
+
+
 def fit_engage_model(
     name: str,
     features: list[str],
@@ -91,6 +144,10 @@ def fit_engage_model(
     params: TrainingParams,
     trained_for: dict[str, Any],
     training: dict[str, Any] | None = None,
+    *,
+    btyd: BGNBD | None = None,
+    derived: list[str] | None = None,
+    monotone: dict[str, int] | None = None,
 ) -> EngageModel:
     """LightGBM with early stopping on the validation rows, then calibrated on them.
 
@@ -104,16 +161,36 @@ def fit_engage_model(
         params: ``training`` section of params.yaml.
         trained_for: what the labels meant (see :func:`training.labels.label_definition`).
         training: facts of the run to store with the model.
+        btyd: BG/NBD parameters whose P(alive) and expected purchases become two more
+            booster inputs, named ``derived``.
+        derived: names of those inputs (required with ``btyd``).
+        monotone: known direction (+1 / -1) per input name; others are free.
 
     """
-    Xtr, Xva = train_X[features].astype(float), valid_X[features].astype(float)
-    booster = fit_booster(Xtr, train_y, Xva, valid_y, params.lightgbm, params.seed)
-    calibrator = fit_calibrator(params.calibration, booster.predict(Xva, raw_score=True), valid_y)
-    return EngageModel(
+    lgb_params = (
+        adapt_to_rows(params.lightgbm, train_y) if params.adapt_to_rows else (params.lightgbm)
+    )
+    shell = EngageModel(
         name=name,
         features=list(features),
-        booster=booster,
-        calibrator=calibrator,
+        booster=None,
+        calibrator=Calibrator("sigmoid"),
         trained_for=dict(trained_for),
-        training={"trees": booster.num_trees(), **(training or {})},
+        btyd=btyd,
+        derived=list(derived or []) if btyd is not None else [],
     )
+    Xtr, Xva = shell.inputs_frame(train_X), shell.inputs_frame(valid_X)
+    constraints = [int((monotone or {}).get(c, 0)) for c in shell.input_names]
+    booster = fit_booster(Xtr, train_y, Xva, valid_y, lgb_params, params.seed, constraints)
+    shell.booster = booster
+    shell.calibrator = fit_calibrator(
+        params.calibration, booster.predict(Xva, raw_score=True), valid_y
+    )
+    shell.training = {
+        "trees": booster.num_trees(),
+        "num_leaves": lgb_params.num_leaves,
+        "min_child_samples": lgb_params.min_child_samples,
+        "monotone": {c: d for c, d in zip(shell.input_names, constraints, strict=True) if d},
+        **(training or {}),
+    }
+    return shell

@@ -2,9 +2,11 @@
 
 MLflow stores this file with each logged model, together with ``training/model.py``
 (shipped as ``engage_stored_model.py`` through ``code_paths``) and the model folder
-(``booster.txt`` and ``model.json``, the artifact ``model_dir``). Loading runs this code
-and reads those two files: no Python object is unpickled. ``predict`` returns calibrated
-probabilities of the positive class, not labels (what LightGBM's own flavour would give).
+(``model.json``, plus ``booster.txt`` for LightGBM: the artifact ``model_dir``). Every kind
+loads the same way - LightGBM and the baselines served in its place (``logistic``,
+``rfm``, ``bgnbd``). Loading runs this code and reads those files: no Python object is
+unpickled. ``predict`` returns calibrated probabilities of the positive class, not labels
+(what LightGBM's own flavour would give).
 
 The product itself never runs this file: scoring and serving read the model folder with
 :func:`training.model.read_model_dir` (see :mod:`training.registry`).

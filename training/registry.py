@@ -3,10 +3,12 @@
 This module owns what is stored in MLflow and where: the tracking store is SQLite
 (``<mlruns>/mlflow.db``) with artifacts under ``<mlruns>/artifacts/<experiment>`` (the
 plain-folder store is deprecated, and an explicit artifact location keeps artifacts out
-of the current directory). A training run holds ``metrics.json``, ``plots/*.png``, the
-held-out predictions ``test_predictions.parquet`` and the model (models-from-code pyfunc
-whose artifact ``model_dir`` holds ``booster.txt`` and ``model.json``). Every other module
-reads them through the functions here.
+of the current directory). A training run holds ``metrics.json`` (every method's test
+metrics), ``plots/*.png``, the held-out predictions ``test_predictions.parquet`` (``p``:
+the served method's held-out fit, ``p_<method>``: each method's), the held-out LightGBM
+fit ``heldout_model/`` and the served model (models-from-code pyfunc whose artifact
+``model_dir`` holds ``model.json``, and ``booster.txt`` for LightGBM; a baseline is served
+when LightGBM does not beat it). Every other module reads them through the functions here.
 
 Loading is **read-only**: :func:`load_model` and :func:`champion_version` read the
 registry tables of ``mlflow.db`` through a read-only SQLite connection (``mode=ro``) and
@@ -23,7 +25,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -44,6 +46,7 @@ CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"  # the logged model's name in its run
 MODEL_DIR_ARTIFACT = "model_dir"  # the pyfunc artifact holding booster.txt + model.json
 HELD_OUT = "test_predictions.parquet"
+HELDOUT_MODEL = "heldout_model"  # the held-out LightGBM fit (model.json + booster.txt)
 METRICS = "metrics.json"
 PLOTS = "plots"
 MLFLOW_DB = "mlflow.db"
@@ -204,8 +207,8 @@ def alias_version(client, name: str, alias: str = CHAMPION) -> str | None:
 def log_model(model: EngageModel, example: pd.DataFrame, requirements: list[str]):
     """Log ``model`` in the active run as a models-from-code pyfunc and register it.
 
-    The model goes in as text and JSON (``booster.txt``, ``model.json``) with the code
-    that reads them; no Python object is pickled. Returns MLflow's ModelInfo (its
+    The model goes in as text and JSON (``model.json``, plus ``booster.txt`` for LightGBM)
+    with the code that reads them; no Python object is pickled. Returns MLflow's ModelInfo (its
     ``registered_model_version`` is the new version).
     """
     import mlflow
@@ -429,6 +432,9 @@ def load_model(paths: Paths, name: str, alias: str = CHAMPION) -> tuple[EngageMo
     """
     ref = champion_ref(paths, name, alias)
     if urlsplit(ref.source).scheme in ("", "file"):
+        # A copied or moved data dir whose store was not rewritten (read-only, or the
+        # service, which never writes): the same files under this mlruns folder.
+        ref = replace(ref, source=local_artifact_uri(paths, ref.source))
         return read_model_dir(local_model_dir(ref)), ref.version
     with tempfile.TemporaryDirectory() as tmp:
         model = read_model_dir(_local_model_dir(ref, Path(tmp)))

@@ -1,9 +1,12 @@
 """Train one model end to end: data, the pure fit-and-evaluate step, then MLflow.
 
 :func:`train_model` builds the training frame (labels and Feast features), checks it for
-leakage, calls :func:`training.fit_evaluate.fit_and_evaluate`, then
-:func:`log_and_register`: the promotion gate, the MLflow run (parameters, metrics, tags,
-plots, held-out predictions, the model as text and JSON) and the registry alias.
+leakage, calls :func:`training.fit_evaluate.fit_and_evaluate` (LightGBM against the
+baselines of the same run; the winner refitted for serving), then :func:`log_and_register`:
+the comparison with the previous champion, the MLflow run (parameters, every method's
+test metrics as ``test_<method>_<metric>``, tags ``champion_kind`` and ``best_baseline``,
+plots, held-out predictions, the held-out LightGBM and the served model as text and JSON)
+and the registry alias.
 """
 
 from __future__ import annotations
@@ -22,22 +25,29 @@ import pandas as pd
 
 from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
-from training.dataset import audit_against_events, check_feature_times, training_frame
+from training.dataset import (
+    audit_against_events,
+    check_feature_times,
+    check_history,
+    training_frame,
+)
 from training.evaluate import plot_curves, plot_importance, probability_metrics
 from training.fingerprint import PARAMS_TAG, params_fingerprint
 from training.fit_evaluate import Evaluation, fit_and_evaluate
-from training.labels import LABEL
+from training.labels import LABEL, definition_conflicts
 from training.mlflow_ui import log_datasets, run_name
-from training.model import EngageModel
+from training.model import EngageModel, write_model_dir
 from training.registry import (
     CHALLENGER,
     CHAMPION,
     HELD_OUT,
+    HELDOUT_MODEL,
     METRICS,
     PLOTS,
     GateDecision,
     alias_version,
     experiment_id,
+    held_out_predictions,
     load_model,
     log_model,
     setup_mlflow,
@@ -57,6 +67,16 @@ class TrainResult:
     ranges: dict[str, str]
     engage_model: EngageModel = field(repr=False)
     test: pd.DataFrame = field(repr=False)
+    chosen: str = "model"
+    lightgbm: EngageModel | None = field(default=None, repr=False)  # its held-out fit
+    best_baseline: str = ""
+    selection: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """The registered model's kind (``lightgbm``, ``logistic``, ``rfm``, ``bgnbd``)."""
+        return self.engage_model.kind
 
 
 def data_fingerprint(events_path: Path) -> str:
@@ -81,17 +101,78 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def promotion_gate(
-    paths: Paths, name: str, new_score: float, test: pd.DataFrame, y: np.ndarray, params: Params
+def _compare(
+    metric: str, tol: float, new: float, old: float, version: str, rows: str
 ) -> GateDecision:
-    """Champion alias only if at least as good as the current champion on these rows."""
+    if new >= old - tol:
+        reason = f"{metric} {new:.4f} >= champion v{version} {old:.4f} - {tol} on {rows}"
+        return GateDecision(CHAMPION, reason, new, old, version)
+    reason = f"{metric} {new:.4f} < champion v{version} {old:.4f} - {tol} on {rows}"
+    reason += f": kept v{version}"
+    return GateDecision(CHALLENGER, reason, new, old, version)
+
+
+def _scorable(y: np.ndarray) -> bool:
+    return len(y) > 0 and len(np.unique(y)) == 2
+
+
+def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> GateDecision:
+    """Champion alias only if at least as good as the current champion on the same rows.
+
+    The champion was refitted on every label it could see, so scoring it on this run's
+    test rows would flatter it. It is compared, in order of preference:
+
+    1. through its own held-out predictions, on the test rows it shares with this run
+       (both sides out of sample: same rows, same labels);
+    2. else by scoring it on the test rows whose as-of time is at or after the end of
+       every label window it was fitted on (``labels_seen_until``);
+    3. else not at all: the new model takes the alias (the run's baselines already gated
+       it), and the reason says so.
+
+    A champion trained for another question (horizon, label rule, population) or that
+    cannot score these rows is replaced.
+    """
     metric, tol = params.training.promotion_metric, params.training.promotion_tolerance
+    new_score = ev.metrics[ev.chosen][metric]
     version = alias_version(setup_mlflow(paths), name, CHAMPION)
     if version is None:
         return GateDecision(CHAMPION, "no champion yet", new_score, None, None)
+    test = ev.split.test
     try:
         champ, _ = load_model(paths, name)
-        p = champ.predict_proba(test)
+        conflicts = definition_conflicts(champ.trained_for, params, name)
+        if conflicts:
+            return GateDecision(
+                CHAMPION,
+                f"champion v{version} answers another question ({conflicts[0]}): replaced",
+                new_score,
+                None,
+                version,
+            )
+        try:
+            held, _ = held_out_predictions(paths, name)
+        except LookupError:
+            held = None
+        if held is not None:
+            keys = [ENTITY_KEY, TIMESTAMP]
+            mine = test[keys].assign(_new=ev.p_test, _y=ev.y_test).reset_index(drop=True)
+            common = mine.merge(held[[*keys, "p"]], on=keys, how="inner")
+            if _scorable(common["_y"].to_numpy()):
+                y = common["_y"].to_numpy()
+                new = probability_metrics(y, common["_new"].to_numpy(), 2)[metric]
+                old = probability_metrics(y, common["p"].to_numpy(), 2)[metric]
+                rows = f"{len(common):,} held-out rows in common"
+                return _compare(metric, tol, new, old, version, rows)
+        seen = champ.training.get("labels_seen_until")
+        unseen = test[TIMESTAMP] >= pd.Timestamp(seen) if seen else np.zeros(len(test), bool)
+        rows_unseen = test[np.asarray(unseen)]
+        y = rows_unseen[LABEL].to_numpy()
+        if _scorable(y):
+            p_new = ev.p_test[np.asarray(unseen)]
+            new = probability_metrics(y, p_new, 2)[metric]
+            old = probability_metrics(y, champ.predict_proba(rows_unseen), 2)[metric]
+            rows = f"{len(y):,} test rows after every label champion v{version} saw"
+            return _compare(metric, tol, new, old, version, rows)
     except (ValueError, LookupError) as err:
         return GateDecision(
             CHAMPION,
@@ -100,12 +181,14 @@ def promotion_gate(
             None,
             version,
         )
-    old = probability_metrics(y, p, params.training.ece_bins)[metric]
-    if new_score >= old - tol:
-        reason = f"{metric} {new_score:.4f} >= champion v{version} {old:.4f} - {tol}"
-        return GateDecision(CHAMPION, reason, new_score, old, version)
-    reason = f"{metric} {new_score:.4f} < champion v{version} {old:.4f} - {tol}: kept v{version}"
-    return GateDecision(CHALLENGER, reason, new_score, old, version)
+    return GateDecision(
+        CHAMPION,
+        f"champion v{version} shares no held-out row with this run and has seen every test "
+        "label: not comparable, replaced (this run's baselines gated the new model)",
+        new_score,
+        None,
+        version,
+    )
 
 
 def _shap_beeswarm(model: EngageModel, X: pd.DataFrame, path: Path, seed: int) -> Path:
@@ -114,7 +197,7 @@ def _shap_beeswarm(model: EngageModel, X: pd.DataFrame, path: Path, seed: int) -
 
     sample = X.sample(min(1000, len(X)), random_state=seed)
     contrib, _ = model.contributions(sample)
-    shap.summary_plot(contrib, model.frame(sample), show=False, max_display=15)
+    shap.summary_plot(contrib, model.inputs_frame(sample), show=False, max_display=15)
     plt.gcf().tight_layout()
     plt.savefig(path, dpi=90)
     plt.close("all")
@@ -122,7 +205,7 @@ def _shap_beeswarm(model: EngageModel, X: pd.DataFrame, path: Path, seed: int) -
 
 
 def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -> TrainResult:
-    """Gate, log the run to MLflow, register the model and set its alias.
+    """Gate, log the run to MLflow, register the served model and set its alias.
 
     Args:
         paths: resolved locations.
@@ -134,14 +217,12 @@ def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -
     import mlflow
 
     tp = params.training
-    fitted, test, yte = ev.model, ev.split.test, ev.y_test
-    Xte = test[ev.features]
+    served, test, yte = ev.model, ev.split.test, ev.y_test
+    lightgbm = ev.lightgbm
     client = setup_mlflow(paths)
     exp = experiment_id(client, paths, model)
     ranges = ev.split.ranges()
-    decision = promotion_gate(
-        paths, model, ev.metrics["model"][tp.promotion_metric], Xte, yte, params
-    )
+    decision = promotion_gate(paths, model, ev, params)
     active = mlflow.active_run()
     # train_model opens the run before fitting (so its duration is the training's).
     running = nullcontext(active) if active else mlflow.start_run(experiment_id=exp)
@@ -155,55 +236,86 @@ def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -
         mlflow.log_params(
             {
                 **{f"lgbm.{k}": v for k, v in tp.lightgbm.model_dump().items()},
+                "lgbm.effective_num_leaves": lightgbm.training["num_leaves"],
+                "lgbm.effective_min_child_samples": lightgbm.training["min_child_samples"],
                 "calibration": tp.calibration,
                 "horizon_days": params.labels.horizon_days,
                 "seed": tp.seed,
                 "n_features": len(ev.features),
-                "best_iteration": fitted.booster.current_iteration(),
+                "best_iteration": lightgbm.booster.current_iteration(),
+                "monotone_constraints": tp.monotone_constraints,
+                "btyd_inputs": tp.btyd_inputs,
+                "refit": tp.refit,
+                "baseline_margin": tp.baseline_margin,
             }
         )
         for who, m in ev.metrics.items():
             mlflow.log_metrics({f"test_{who}_{k}": v for k, v in m.items()})
-        mlflow.log_metrics(
-            {
-                "train_rows": len(ev.split.train),
-                "valid_rows": len(ev.split.valid),
-                "test_rows": len(test),
-                "test_positive_rate": float(yte.mean()),
-            }
-        )
-        mlflow.set_tags(
-            {
-                "git_commit": git_commit(paths.root),
-                "data_fingerprint": data_fingerprint(paths.events),
-                PARAMS_TAG: params_fingerprint(params),
-                "feature_service": fitted.feature_service,
-                "as_of_train": ranges["train"],
-                "as_of_valid": ranges["valid"],
-                "as_of_test": ranges["test"],
-                "profile": params.profile or "default",
-                "gate": decision.reason,
-            }
-        )
+        facts = {
+            "train_rows": len(ev.split.train),
+            "valid_rows": len(ev.split.valid),
+            "test_rows": len(test),
+            "test_positive_rate": float(yte.mean()),
+            "heldout_trees": lightgbm.booster.num_trees(),
+        }
+        if served.training.get("refit"):
+            facts["refit_rows"] = served.training["refit_rows"]
+        if served.booster is not None:
+            facts["served_trees"] = served.booster.num_trees()
+        mlflow.log_metrics(facts)
+        tags = {
+            "git_commit": git_commit(paths.root),
+            "data_fingerprint": data_fingerprint(paths.events),
+            PARAMS_TAG: params_fingerprint(params),
+            "feature_service": served.feature_service,
+            "as_of_train": ranges["train"],
+            "as_of_valid": ranges["valid"],
+            "as_of_test": ranges["test"],
+            "profile": params.profile or "default",
+            "gate": decision.reason,
+            "selection": ev.selection,
+            "served_method": ev.chosen,
+            "champion_kind": served.kind,
+            "best_baseline": ev.best_baseline,
+            "population": served.trained_for.get("population", ""),
+        }
+        if served.training.get("refit"):
+            tags["as_of_refit"] = served.training["refit_as_of"]
+            tags["refit_calibration"] = served.training["calibration"]
+        if ev.warnings:
+            tags["warnings"] = " | ".join(ev.warnings)
+        mlflow.set_tags(tags)
         out = Path(tmp)
         for path in plot_curves(yte, ev.test_scores, out, model):
             mlflow.log_artifact(str(path), PLOTS)
-        gains = fitted.booster.feature_importance("gain")
-        imp = plot_importance(ev.features, gains, out / "importance.png")
+        gains = lightgbm.booster.feature_importance("gain")
+        imp = plot_importance(lightgbm.input_names, gains, out / "importance.png")
         mlflow.log_artifact(str(imp), PLOTS)
-        beeswarm = _shap_beeswarm(fitted, Xte, out / "shap_beeswarm.png", tp.seed)
+        beeswarm = _shap_beeswarm(served, test, out / "shap_beeswarm.png", tp.seed)
         mlflow.log_artifact(str(beeswarm), PLOTS)
-        (out / METRICS).write_text(json.dumps(ev.metrics, indent=2))
+        (out / METRICS).write_text(
+            json.dumps(
+                {**ev.metrics, "selection": {"served": ev.chosen, "why": ev.selection}}, indent=2
+            )
+        )
         mlflow.log_artifact(str(out / METRICS))
-        # The test rows and scores, so the threshold helper and the report can reuse them.
+        # The test rows and held-out scores, so the threshold helper, the report and the
+        # next run's gate can reuse them: `p` is the served method's.
         held_out = test[[ENTITY_KEY, TIMESTAMP, LABEL]].copy()
         held_out["p"] = ev.p_test
+        for who, p in ev.test_p.items():
+            held_out[f"p_{who}"] = p
         held_out.to_parquet(out / HELD_OUT)
         mlflow.log_artifact(str(out / HELD_OUT))
-        info = log_model(fitted, Xte.head(5).astype(float), _requirements())
+        # The held-out LightGBM fit, as text and JSON, for audit (the served model is the
+        # refit of the chosen method).
+        mlflow.log_artifacts(str(write_model_dir(lightgbm, out / HELDOUT_MODEL)), HELDOUT_MODEL)
+        info = log_model(served, test[served.features].head(5).astype(float), _requirements())
         version = str(info.registered_model_version)
         client.set_registered_model_alias(model, decision.alias, version)
         client.set_model_version_tag(model, version, "gate", decision.reason)
+        client.set_model_version_tag(model, version, "kind", served.kind)
+        client.set_model_version_tag(model, version, "method", ev.chosen)
         run_id = run.info.run_id
     return TrainResult(
         model=model,
@@ -213,8 +325,13 @@ def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -
         run_id=run_id,
         metrics=ev.metrics,
         ranges=ranges,
-        engage_model=fitted,
+        engage_model=served,
         test=test,
+        chosen=ev.chosen,
+        lightgbm=lightgbm,
+        best_baseline=ev.best_baseline,
+        selection=ev.selection,
+        warnings=list(ev.warnings),
     )
 
 
@@ -237,10 +354,18 @@ def train_model(
     Returns:
         The registered version, its alias, the reason, and test metrics.
 
+    Raises:
+        ValueError: the horizon does not fit the history (checked before any retrieval;
+            the message names the longest horizon that fits), or a split has a single
+            class.
+        training.dataset.LeakageError: a feature is not point in time.
+
     """
     say = progress or (lambda _m: None)
-    say("training set from Feast")
     if frame is None:
+        # Before the labels and the Feast retrieval are paid for: does the split fit?
+        check_history(paths, params)
+        say("training set from Feast")
         frame = training_frame(paths, params, model)
     check_feature_times(frame)
     say("leakage audit")
@@ -257,7 +382,7 @@ def train_model(
 
     exp = experiment_id(setup_mlflow(paths), paths, model)
     with mlflow.start_run(experiment_id=exp, run_name=run_name(model, frame)):
-        say("LightGBM and baselines")
+        say("LightGBM and baselines, refit")
         ev = fit_and_evaluate(frame, params, model)
         say("MLflow")
         return log_and_register(paths, params, model, ev)
@@ -267,4 +392,5 @@ def _requirements() -> list[str]:
     # Explicit pins: inferring them costs seconds and lists unrelated packages.
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("lightgbm", "pandas", "numpy", "mlflow")]
+    pkgs = ("lightgbm", "pandas", "numpy", "scipy", "mlflow")
+    return [f"{pkg}=={version(pkg)}" for pkg in pkgs]

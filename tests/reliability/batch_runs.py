@@ -32,6 +32,7 @@ def write_run(paths, run_id: str, rows: list[dict], as_of: str) -> None:
             "segment": [r.get("segment", "At risk") for r in rows],
             "clv": [r.get("clv", 500.0) for r in rows],
             "value_at_risk": [r.get("p_churn", 0.7) * r.get("clv", 500.0) for r in rows],
+            "lapsed": [bool(r.get("lapsed", False)) for r in rows],
             "reasons": pa.array(
                 [[{**reason, "text": r.get("reason", "no purchase for 90 days")}] for r in rows],
                 pa.list_(REASON_TYPE),
@@ -39,6 +40,7 @@ def write_run(paths, run_id: str, rows: list[dict], as_of: str) -> None:
             "run_id": [run_id] * n,
             "churn_version": ["1"] * n,
             "appetence_version": ["1"] * n,
+            "stage_runs": pa.array([1] * n, pa.int32()),
         },
         schema=SCHEMA,
     )
