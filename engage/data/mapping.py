@@ -322,13 +322,17 @@ def derive_event_ids(df: pd.DataFrame) -> pd.Series:
 
     """
     columns = [c for c in ID_CONTENT if c in df.columns]
-    text = pd.DataFrame({c: _cell_text(df[c]) for c in columns}, index=df.index)
-    occurrence = text.groupby(columns, sort=False, dropna=False).cumcount().astype(str)
-    # The unit separator cannot appear in a trimmed CSV cell of text, so joined fields
-    # never collide ("a|b", "c" against "a", "b|c").
-    joined = occurrence
-    for column in columns:
-        joined = text[column] + "\x1f" + joined
-    return joined.map(
-        lambda s: DERIVED_PREFIX + hashlib.blake2b(s.encode(), digest_size=12).hexdigest()
-    )
+    cells = [_cell_text(df[c]).tolist() for c in columns]
+    seen: dict[str, int] = {}
+    ids = []
+    # One pass in plain Python: the occurrence count and the hash per row, without the
+    # intermediate string columns and the grouping a pandas version needs.
+    for row in zip(*cells, strict=True):
+        # The unit separator cannot appear in a trimmed cell of text, so joined fields
+        # never collide ("a|b", "c" against "a", "b|c").
+        key = "\x1f".join(row)
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        digest = hashlib.blake2b(f"{key}\x1f{occurrence}".encode(), digest_size=12)
+        ids.append(DERIVED_PREFIX + digest.hexdigest())
+    return pd.Series(ids, index=df.index, dtype=object)
