@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import Context, context, data_app, fail
+from cli.help import default_from
 from cli.ui import console, lit, progress
 
 
@@ -46,9 +47,16 @@ def simulate(c: Context, customers: int | None, days: int | None, seed: int | No
 @data_app.command("simulate")
 def data_simulate(
     ctx: typer.Context,
-    customers: Annotated[int | None, typer.Option(help="Number of contacts.", min=1)] = None,
-    days: Annotated[int | None, typer.Option(help="Days of history.", min=1)] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    customers: Annotated[
+        int | None,
+        typer.Option(help=f"Number of contacts. {default_from('simulate.customers')}", min=1),
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help=f"Days of history. {default_from('simulate.days')}", min=1)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=f"Random seed. {default_from('simulate.seed')}")
+    ] = None,
 ) -> None:
     """Generate the demo event data (deterministic for a seed)."""
     simulate(context(ctx), customers, days, seed)
@@ -85,7 +93,26 @@ def data_cdnow(ctx: typer.Context) -> None:
         )
 
 
-@data_app.command("ingest")
+INGEST_HELP = "\n\n".join(
+    [
+        "Import your own events, validate them, quarantine the bad rows.",
+        "Fields of an event: {fields}. Map the file's columns with --map their_column=field "
+        "(a column already named like a field is used as it is). Without an event_id column "
+        "each row gets an id derived from its content, so the same file ingested twice adds "
+        "nothing.",
+        "Event types (data.event_types): {list:data.event_types}. Map the file's event names "
+        "with --map-event their_name=event_type, give one type to every row with --event-type "
+        "(a purchases-only file), or add a type of your own with --set "
+        "'data.event_types=[...]'. Columns and names can also come from a YAML file "
+        "(--mapping, see the README).",
+        "A store holding the demo data (engage data simulate or cdnow) is replaced, not added "
+        "to, unless --append. More bad rows than data.max_bad_share "
+        "({list:data.max_bad_share}): nothing is written and the exit status is 1.",
+    ]
+)
+
+
+@data_app.command("ingest", help=INGEST_HELP)
 def data_ingest(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="CSV or Parquet file of events.")],
@@ -93,8 +120,42 @@ def data_ingest(
         list[str] | None,
         typer.Option("--map", help="their_column=field (repeatable), e.g. ts=event_time."),
     ] = None,
-    strict: Annotated[bool, typer.Option(help="Fail on any bad row, write nothing.")] = False,
-    replace: Annotated[bool, typer.Option(help="Replace the stored events.")] = False,
+    map_event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map-event",
+            help="their_event_name=event_type (repeatable), e.g. page_view=web_visit.",
+        ),
+    ] = None,
+    mapping_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--mapping",
+            help="YAML file with `columns:` and `event_types:` mappings (and optionally "
+            "`event_type:`, `no_amounts:`); --map and --map-event add to it.",
+        ),
+    ] = None,
+    event_type: Annotated[
+        str | None,
+        typer.Option(
+            "--event-type", help="One event type for every row (a file without a type column)."
+        ),
+    ] = None,
+    no_amounts: Annotated[
+        bool,
+        typer.Option(
+            "--no-amounts",
+            help="Purchases without a value are accepted; money figures become unknown.",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on any bad row, write nothing.")
+    ] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the stored events.")] = False,
+    append: Annotated[
+        bool,
+        typer.Option("--append", help="Add to the stored events even if they are the demo data."),
+    ] = False,
     encoding: Annotated[
         str | None,
         typer.Option(help="Text encoding of a CSV (default utf-8; e.g. latin-1, cp1252)."),
@@ -104,35 +165,60 @@ def data_ingest(
         typer.Option(help="CSV separator: , ; | or tab (default: detected from the header)."),
     ] = None,
 ) -> None:
-    """Import your own events, validate them, quarantine the bad rows."""
     from engage.data.ingest import (
         SEPARATORS,
-        apply_mapping,
+        TooManyBadRows,
         ingest_events,
         parse_mapping,
         parse_separator,
+        prepare_events,
         read_user_file,
     )
+    from engage.data.mapping import EventMapping, parse_event_mapping, read_mapping_file
+    from engage.data.store import demo_origin
     from engage.data.validate import DataValidationError
     from engage.locks import StoreBusyError
 
     c = context(ctx)
+    if replace and append:
+        fail("--replace and --append contradict each other: give one")
     try:
-        mapping = parse_mapping(map_ or [])
+        mapping = EventMapping(
+            columns=parse_mapping(map_ or []),
+            event_types=parse_event_mapping(map_event or []),
+            event_type=event_type,
+            no_amounts=no_amounts,
+        )
+        if mapping_file is not None:
+            mapping = read_mapping_file(mapping_file).merged(mapping)
         raw = read_user_file(file, encoding=encoding, sep=parse_separator(sep))
         if "sep" in raw.attrs and sep is None and raw.attrs["sep"] != ",":
             console.print(f"read as {SEPARATORS[raw.attrs['sep']]}-separated (--sep to change)")
-        df = apply_mapping(raw, mapping)
+        prepared = prepare_events(raw, mapping, c.params.data)
+        demo = None if (replace or append) else demo_origin(c.paths.events)
+        if demo is not None:
+            console.print(
+                f"[yellow]note:[/yellow] {lit(c.paths.events)} holds the demo data "
+                f"({lit(_demo_text(demo))}): your events replace it (--append to add to it "
+                "instead; ENGAGE_DATA_DIR=/another/dir keeps both)",
+                soft_wrap=True,
+            )
         report = ingest_events(
-            df,
+            prepared.events,
             c.params.data,
             c.paths.events,
             c.paths.quarantine,
             strict=strict,
-            replace=replace,
+            replace=replace or demo is not None,
             customers_path=c.paths.customers,
             source=str(file),
+            derived_ids=prepared.derived_ids,
+            amounts=not mapping.no_amounts,
+            notes=prepared.notes,
         )
+    except TooManyBadRows as err:
+        console.print(escape(err.report.to_text()))
+        fail(err.summary)
     except DataValidationError as err:
         console.print(escape(str(err)))
         console.print("[red]error:[/red] nothing written")
@@ -141,6 +227,16 @@ def data_ingest(
         fail(str(err))
     console.print(escape(report.to_text()))
     console.print(f"events: {lit(c.paths.events)}; quarantine: {lit(c.paths.quarantine)}")
+
+
+def _demo_text(entry: dict) -> str:
+    """How the demo data in a store was made, as the command that makes it again."""
+    if entry.get("command") == "simulate":
+        return (
+            f"engage data simulate --customers {entry.get('customers')} --days "
+            f"{entry.get('days')} --seed {entry.get('seed')}, written {entry.get('at', '?')}"
+        )
+    return f"engage data {entry.get('command')}, written {entry.get('at', '?')}"
 
 
 @data_app.command("validate")

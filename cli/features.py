@@ -47,6 +47,11 @@ def build_features(c: Context, as_of: list[str] | None) -> None:
                 bar.advance(t2)
     except (FileNotFoundError, ValueError, StoreBusyError) as err:
         fail(str(err))
+    from features.coverage import store_coverage
+
+    empty = store_coverage(c.paths.events, c.params).to_text()
+    if empty:
+        console.print(f"[yellow]note:[/yellow] {lit(empty)}", soft_wrap=True)
     console.print(
         f"{len(summary.snapshots)} snapshots ({summary.snapshots[0]:%Y-%m-%d} .. "
         f"{latest:%Y-%m-%d}), {summary.rows:,} rows from {summary.events:,} events -> "

@@ -12,6 +12,7 @@ from rich.markup import escape
 from cli.app import Context, app, context, fail, step
 from cli.data import simulate
 from cli.features import build_features
+from cli.help import default_from
 from cli.models import train_models
 from cli.ui import console, lit
 
@@ -67,13 +68,37 @@ def report(
 @app.command("run")
 def run(
     ctx: typer.Context,
-    customers: Annotated[int | None, typer.Option(help="Demo contacts to simulate.")] = None,
-    days: Annotated[int | None, typer.Option(help="Days of demo history.")] = None,
-    fresh: Annotated[bool, typer.Option(help="Re-simulate even if events already exist.")] = False,
+    customers: Annotated[
+        int | None,
+        typer.Option(help=f"Demo contacts to simulate. {default_from('simulate.customers')}"),
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help=f"Days of demo history. {default_from('simulate.days')}")
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Re-simulate the demo data (refused over your own ingested events)."
+        ),
+    ] = False,
 ) -> None:
-    """Run the whole pipeline on the demo data: simulate, features, train, score, report."""
+    """Run the whole pipeline: (demo data), features, train, score, report.
+
+    On the stored events: your own once ingested (engage data ingest), which are never
+    simulated over; the demo data is simulated only when there are no events (or with
+    --fresh on a store of demo data). Models trained on unchanged data are not trained
+    again.
+    """
+    from engage.data.store import demo_origin
+
     c = context(ctx)
     start = time.perf_counter()
+    if fresh and c.paths.events.exists() and demo_origin(c.paths.events) is None:
+        fail(
+            f"--fresh would replace the events in {c.paths.events}, which are not demo data "
+            "(ingested): run without --fresh to use them, or set ENGAGE_DATA_DIR to another "
+            "folder for the demo"
+        )
     if fresh or not c.paths.events.exists():
         with step("1. demo data"):
             simulate(c, customers, days, None)
@@ -82,7 +107,7 @@ def run(
     with step("2. features"):
         build_features(c, None)
     with step("3. models"):
-        train_models(c, "all")
+        train_models(c, "all", force=False)
     with step("4. batch scoring"):
         score_recent(c)
     with step("5. report"):

@@ -7,12 +7,14 @@ line naming the path and the command to run, exit code 3, and no server is start
 Then the command runs ``bentoml serve serving.service:EngageService`` in a child process
 on ``serving.host`` / ``serving.port`` (127.0.0.1:3000 by default) and waits for it;
 Ctrl-C stops both, and a child that ends with an error ends this command with its exit
-code. The service sees exactly the parameters and stores this command resolved: the
-parameters (``--profile``, ``--params``, ``--set``) are written to
-``<data dir>/bentoml/serve-params.yaml`` and passed as ``$ENGAGE_PARAMS``, the data
-directory as ``$ENGAGE_DATA_DIR`` and the MLflow store as ``$ENGAGE_MLRUNS_DIR`` (in the
-default layout it is ``<project>/mlruns``, not under the data directory). BentoML's home
-stays under the data directory (``$BENTOML_HOME`` = ``<data dir>/bentoml`` unless set).
+code; SIGTERM is handled like Ctrl-C, and no process is left behind (the workers, in
+process groups of their own, are stopped by process id). The service sees exactly the
+parameters and stores this command resolved: the parameters (``--profile``,
+``--params``, ``--set``) are written to ``<data dir>/bentoml/serve-params.yaml`` and
+passed as ``$ENGAGE_PARAMS``, the data directory as ``$ENGAGE_DATA_DIR`` and the MLflow
+store as ``$ENGAGE_MLRUNS_DIR`` (in the default layout it is ``<project>/mlruns``, not
+under the data directory). BentoML's home stays under the data directory
+(``$BENTOML_HOME`` = ``<data dir>/bentoml`` unless set).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 from typing import Annotated
 
@@ -141,18 +144,58 @@ def serve_command(
         f"MLflow store {c.paths.mlruns_dir})",
         soft_wrap=True,
     )
-    child = subprocess.Popen(cmd, env=env, cwd=c.paths.root)
+    # Its own session: a Ctrl-C is forwarded by stop_server, which knows the workers
+    # (BentoML starts them in process groups of their own, out of a terminal's reach).
+    child = subprocess.Popen(cmd, env=env, cwd=c.paths.root, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = child.wait()
     except KeyboardInterrupt:
-        # The server got the same Ctrl-C: let it stop its workers itself (killing it
-        # here would orphan them).
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.terminate()
-            child.wait()
+        console.print("stopping the service...")
+        stop_server(child)
         return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code:
         # The server printed why (one `error:` line); exit with its code.
         raise typer.Exit(code if code > 0 else 1)
+
+
+def _interrupt(signum, frame) -> None:
+    # SIGTERM (a supervisor, `kill`) stops the service like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def stop_server(child: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop the ``bentoml serve`` process ``child`` and every process it started.
+
+    The server gets SIGINT (what Ctrl-C sends) and ``grace_s`` seconds to stop its
+    workers; whatever is still running then, the server or a worker, is terminated, then
+    killed, by process id (they are this command's descendants, nothing else).
+    """
+    import psutil
+
+    try:
+        family = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    if child.poll() is None:
+        try:
+            os.killpg(child.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for proc in alive:
+        proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for proc in alive:
+        proc.kill()

@@ -164,6 +164,8 @@ class DataParams(_Section):
     future_tolerance_minutes: Annotated[Float, Field(ge=0, le=24 * 60)]
     # How long a command waits for another one writing the same store (engage/locks.py).
     lock_timeout_s: Annotated[Float, Field(ge=0, le=24 * 3600)]
+    # An ingest whose share of bad rows is above this writes nothing (a wrong mapping).
+    max_bad_share: Probability
 
 
 class SimulateParams(_Section):

@@ -526,7 +526,13 @@ def _model_sections(paths: Paths, params: Params) -> tuple[str, str]:
 def _kpis(paths: Paths, params: Params) -> str:
     if not paths.events.exists():
         return _note("No events yet.")
+    from features.coverage import KPI_LABELS, store_coverage
+
     kpis = monthly_kpis(paths.events, params)
+    # KPIs whose event types the store has none of (a shop export without e-mails or NPS
+    # answers) are left out, rather than drawn as empty axes.
+    empty = store_coverage(paths.events, params).empty_kpis
+    kpis = kpis.drop(columns=list(empty))
     months = kpis["month"].tolist()
     charts = [
         line_chart(
@@ -535,9 +541,17 @@ def _kpis(paths: Paths, params: Params) -> str:
             months,
             {"retention rate": kpis["retention_rate"], "churn rate": kpis["churn_rate"]},
         ),
-        line_chart("kpi-ctr", "CTR (%)", months, {"CTR": kpis["ctr"]}, width=340),
-        line_chart("kpi-nps", "NPS", months, {"NPS": kpis["nps"]}, width=340),
+        ""
+        if "ctr" in empty
+        else line_chart("kpi-ctr", "CTR (%)", months, {"CTR": kpis["ctr"]}, width=340),
+        ""
+        if "nps" in empty
+        else line_chart("kpi-nps", "NPS", months, {"NPS": kpis["nps"]}, width=340),
     ]
+    left_out = ""
+    if empty:
+        names = " and ".join(KPI_LABELS[k] for k in empty)
+        left_out = f" {names}: left out, the events have none of the types they are computed from."
     shown = kpis.copy()
     for col in ("retention_rate", "churn_rate"):
         shown[col] = [
@@ -558,7 +572,7 @@ def _kpis(paths: Paths, params: Params) -> str:
             "the month; N: customers whose first purchase is in the month. "
             f"<span class='warm'>warm-up</span>: the first {warm} month(s) start less than "
             f"{params.labels.active_within_days} days after the first event, so nobody could "
-            "have lapsed yet; their rates are not shown."
+            "have lapsed yet; their rates are not shown." + left_out
         )
         + charts[0]
         + "<div class='grid'>"

@@ -171,6 +171,7 @@ from pydantic import BaseModel, ValidationError  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 
 from serving import http_limits  # noqa: E402
+from serving.api_docs import DOCS_HTML, info, request_example  # noqa: E402
 from serving.api_models import (  # noqa: E402
     AtRiskRequest,
     AtRiskResponse,
@@ -325,6 +326,11 @@ class RequestGuard:
                 "Authorization: Bearer <key>",
             )
             response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            # The product's page, every asset local (BentoML's loads a tag manager).
+            response = Response(DOCS_HTML, media_type="text/html")
             await response(scope, receive, send)
             return
         if path == "/docs.json" and scope["method"] == "GET":
@@ -499,6 +505,9 @@ def openapi_document() -> dict:
     dialect of its pydantic schemas.
     """
     doc = EngageService.openapi_spec.asdict()
+    # The product's title, version and text (BentoML's reads "engage:dev", version
+    # "None", its own badges and help links).
+    doc["info"] = info()
     # The schemas are pydantic's JSON Schema 2020-12 (`type: null`, numeric exclusive
     # bounds): OpenAPI 3.1's dialect, though BentoML labels the document 3.0.2 (in which
     # `segment: null` would read as invalid). Its Swagger UI (5.x) renders 3.1.
@@ -523,6 +532,13 @@ def openapi_document() -> dict:
             # An empty body is {}: a 400 when a field is required, the defaults otherwise.
             required = any(f.is_required() for f in model.model_fields.values())
             operation["requestBody"]["required"] = required
+            media = operation["requestBody"].setdefault("content", {})
+            media.setdefault("application/json", {})["examples"] = {
+                "example": {
+                    "summary": "a valid request (the fields' examples)",
+                    "value": request_example(model),
+                }
+            }
         responses = {k: v for k, v in operation["responses"].items() if str(k) == "200"}
         for status in statuses:
             responses[str(status)] = {"description": _ERRORS[status], "content": error}

@@ -8,9 +8,11 @@ snapshot: fresh features). Each is killed (its process group) at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -447,6 +449,94 @@ def test_no_customer_data_in_the_server_log(servers, sample_ids):
         assert "Traceback" not in text
 
 
+# ------------------------------------------------------------------- the OpenAPI page
+
+
+def test_openapi_is_the_products_and_every_example_is_accepted(client, batch):
+    # `batch` is a scoring run: /at_risk answers from the latest one, as after `make run`.
+    from engage import __version__
+    from serving.service import REQUEST_MODELS
+
+    spec = client.get("/docs.json").json()
+    info = spec["info"]
+    assert (info["title"], info["version"]) == ("engage", __version__)
+    assert "engagement index" in info["description"]
+    assert "BentoML" not in json.dumps(info) and "contact" not in info
+    posted = 0
+    for path, model in REQUEST_MODELS.items():
+        media = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        for name, example in media["examples"].items():
+            model.model_validate(example["value"])  # the service's own rules
+            resp = client.post(path, json=example["value"])
+            assert resp.status_code == 200, (path, name, resp.text)
+            posted += 1
+    assert posted == len(REQUEST_MODELS) == 3
+
+
+def test_the_docs_page_loads_nothing_from_the_network(client):
+    import re
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<title>engage" in html and "validatorUrl: null" in html
+    assert not re.search(r"https?://", html), "the page names a remote URL"
+    for asset in re.findall(r'(?:src|href)="\./([^"]+)"', html):
+        assert client.get(f"/{asset}").status_code == 200, asset
+    spec = client.get("/docs.json").text
+    # Markdown images in descriptions would be fetched by the page.
+    assert not re.search(r"!\[[^\]]*\]\(https?://", spec)
+
+
+def test_readme_curl_examples_work(servers, batch):
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Try it with curl", 1)[1].split("\n### ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("curl ")]
+    assert len(lines) >= 3
+    for line in lines:
+        cmd = shlex.split(line.replace("http://127.0.0.1:3000", servers["open"].url))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert isinstance(json.loads(done.stdout), dict), line
+    assert re.search(r"curl -sf -X POST \S+/predict ", section)
+
+
+def test_ctrl_c_stops_engage_serve_and_every_process_it_started(pipeline, tmp_path):
+    import psutil
+
+    from serving.local_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "ENGAGE_DATA_DIR": str(pipeline.paths.data_dir)}
+    log = (tmp_path / "serve.log").open("wb")
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    family = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 2, family  # the BentoML server and at least one worker
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, to engage serve only
+        assert proc.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert alive == [], alive
+    finally:
+        log.close()
+        for p in [proc, *family]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                p.kill()
+
+
 # ------------------------------------------------------------------------ packaging
 
 
@@ -508,7 +598,7 @@ def test_engage_serve_binds_loopback_by_default(monkeypatch, tmp_path):
     started = []
 
     class FakeChild:
-        def __init__(self, cmd, env, cwd):
+        def __init__(self, cmd, env, cwd, **kwargs):
             started.append((cmd, env))
 
         def wait(self, timeout=None):

@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 
 from engage.config import LightGBMParams, TrainingParams
 from training.model import BGNBD, CALIBRATION_METHODS, Calibrator, EngageModel
+from training.progress import lightgbm_callbacks
 
 
 def fit_calibrator(method: str, margin: np.ndarray, y: np.ndarray) -> Calibrator:
@@ -104,7 +105,10 @@ def fit_booster(
         train,
         num_boost_round=params.n_estimators,
         valid_sets=[valid],
-        callbacks=[lgb.early_stopping(params.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(params.early_stopping_rounds, verbose=False),
+            *lightgbm_callbacks(),
+        ],
     )
     # Keep only the trees up to the best iteration, so every later predict (stored,
     # served, explained) uses the same model without remembering best_iteration.
@@ -122,7 +126,12 @@ def fit_booster_rounds(
 ) -> lgb.Booster:
     """Train LightGBM for a fixed number of rounds (the refit: no validation rows left)."""
     train = lgb.Dataset(X, label=y, free_raw_data=False)
-    return lgb.train(_lgb_params(params, seed, monotone), train, num_boost_round=max(1, rounds))
+    return lgb.train(
+        _lgb_params(params, seed, monotone),
+        train,
+        num_boost_round=max(1, rounds),
+        callbacks=lightgbm_callbacks(),
+    )
 
 
 def fit_engage_model(

@@ -35,6 +35,7 @@ import yaml
 from engage.config import Paths
 from engage.readonly import readonly_sqlite
 from features.catalog import TIMESTAMP
+from training.mlflow_ui import experiment_tags, register_version, tag_experiment
 from training.model import EngageModel, read_model_dir, write_model_dir
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -183,8 +184,9 @@ def experiment_id(client, paths: Paths, name: str) -> str:
                 "belongs to another folder. Point ENGAGE_DATA_DIR at that folder, or "
                 "delete this mlflow.db to start a new registry here"
             )
+        tag_experiment(client, exp.experiment_id, name)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=experiment_tags(name))
 
 
 def model_uri(name: str, alias: str = CHAMPION) -> str:
@@ -210,13 +212,14 @@ def log_model(model: EngageModel, example: pd.DataFrame, requirements: list[str]
     ``registered_model_version`` is the new version).
     """
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_dir(model, Path(tmp) / "model")
         shipped = Path(tmp) / _SHIPPED_MODULE
         shutil.copyfile(Path(__file__).with_name("model.py"), shipped)
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(_ENTRY),
             artifacts={MODEL_DIR_ARTIFACT: str(folder)},
@@ -224,8 +227,12 @@ def log_model(model: EngageModel, example: pd.DataFrame, requirements: list[str]
             signature=infer_signature(example, model.predict_proba(example)),
             input_example=example,
             pip_requirements=requirements,
-            registered_model_name=model.name,
         )
+    # Registered through the client: the fluent registered_model_name= prints to stderr.
+    info.registered_model_version = register_version(
+        MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri()), model.name, info
+    )
+    return info
 
 
 @dataclass(frozen=True)

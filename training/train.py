@@ -15,6 +15,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from training.evaluate import plot_curves, plot_importance, probability_metrics
 from training.fingerprint import PARAMS_TAG, params_fingerprint
 from training.fit_evaluate import Evaluation, fit_and_evaluate
 from training.labels import LABEL, definition_conflicts
+from training.mlflow_ui import log_datasets, run_name
 from training.model import EngageModel, write_model_dir
 from training.registry import (
     CHALLENGER,
@@ -221,7 +223,16 @@ def log_and_register(paths: Paths, params: Params, model: str, ev: Evaluation) -
     exp = experiment_id(client, paths, model)
     ranges = ev.split.ranges()
     decision = promotion_gate(paths, model, ev, params)
-    with mlflow.start_run(experiment_id=exp) as run, tempfile.TemporaryDirectory() as tmp:
+    active = mlflow.active_run()
+    # train_model opens the run before fitting (so its duration is the training's).
+    running = nullcontext(active) if active else mlflow.start_run(experiment_id=exp)
+    with running as run, tempfile.TemporaryDirectory() as tmp:
+        log_datasets(
+            {"train": ev.split.train, "validation": ev.split.valid, "test": test},
+            model,
+            paths.features_dir,
+            LABEL,
+        )
         mlflow.log_params(
             {
                 **{f"lgbm.{k}": v for k, v in tp.lightgbm.model_dump().items()},
@@ -367,10 +378,14 @@ def train_model(
         model_feature_names(params),
         seed=params.training.seed,
     )
-    say("LightGBM and baselines, refit")
-    ev = fit_and_evaluate(frame, params, model)
-    say("MLflow")
-    return log_and_register(paths, params, model, ev)
+    import mlflow
+
+    exp = experiment_id(setup_mlflow(paths), paths, model)
+    with mlflow.start_run(experiment_id=exp, run_name=run_name(model, frame)):
+        say("LightGBM and baselines, refit")
+        ev = fit_and_evaluate(frame, params, model)
+        say("MLflow")
+        return log_and_register(paths, params, model, ev)
 
 
 def _requirements() -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import codecs
 import csv
 import warnings
+from dataclasses import dataclass
+from dataclasses import replace as replace_report
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 
 from engage.config import DataParams
 from engage.data.io import appended, read_customers, to_table
+from engage.data.mapping import EventMapping, derive_event_ids, map_event_names
 from engage.data.store import frame_fingerprint, read_log, writing
 from engage.data.validate import (
     DataValidationError,
@@ -33,6 +36,7 @@ from engage.schema import (
     CUSTOMERS_SCHEMA,
     EVENT_ID,
     EVENT_TIME,
+    EVENT_TYPE,
     EVENTS_SCHEMA,
     FIRST_SEEN,
     REQUIRED_EVENT_COLUMNS,
@@ -241,11 +245,19 @@ def read_user_file(
     return df
 
 
-def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
+def apply_mapping(
+    df: pd.DataFrame, mapping: dict[str, str], optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Rename the file's columns to schema fields and keep only those fields.
 
     Columns already named like a field are used as they are unless a mapping targets
     that field, in which case the mapped column wins.
+
+    Args:
+        df: the file as read.
+        mapping: their column name -> field.
+        optional: required fields the caller fills in itself when the file has none
+            (``event_id`` derived from the content, ``event_type`` from ``--event-type``).
 
     Raises:
         ValueError: a mapped column is not in ``df`` (all are named), or a required field
@@ -260,7 +272,11 @@ def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
         )
     shadowed = [c for c in df.columns if c in mapping.values() and c not in mapping]
     renamed = df.drop(columns=shadowed).rename(columns=mapping)
-    missing = [field for field in REQUIRED_EVENT_COLUMNS if field not in renamed.columns]
+    missing = [
+        field
+        for field in REQUIRED_EVENT_COLUMNS
+        if field not in renamed.columns and field not in optional
+    ]
     if missing:
         hint = ""
         if len(df.columns) == 1:
@@ -272,6 +288,46 @@ def apply_mapping(df: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
             f"map a column of the file to each with their_column=field{hint}"
         )
     return renamed[[field for field in FIELDS if field in renamed.columns]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A user's file as events: the frame, whether its ids are derived, what was mapped."""
+
+    events: pd.DataFrame
+    derived_ids: bool
+    notes: tuple[str, ...]
+
+
+def prepare_events(raw: pd.DataFrame, mapping: EventMapping, data: DataParams) -> Prepared:
+    """Turn a file as read into events: columns, event names, constant type, ids.
+
+    Without a column mapped to ``event_id`` each row gets an id derived from its content
+    (:func:`engage.data.mapping.derive_event_ids`).
+
+    Raises:
+        ValueError: the mapping is inconsistent or names unknown fields or event types
+            (see :meth:`EventMapping.check`), a mapped column is absent, or a required
+            field is missing.
+
+    """
+    mapping.check(data.event_types)
+    optional = (EVENT_ID,) + ((EVENT_TYPE,) if mapping.event_type else ())
+    df = apply_mapping(raw, dict(mapping.columns), optional)
+    df, notes = map_event_names(df, mapping)
+    derived = EVENT_ID not in df.columns
+    if derived:
+        df.insert(0, EVENT_ID, derive_event_ids(df))
+        notes.append(
+            "event_id: none in the file, derived from each row's content (customer, time, "
+            "type, value, channel, campaign): ingesting the same file again adds nothing"
+        )
+    if mapping.no_amounts:
+        notes.append(
+            f"no amounts: {data.conversion_event} events are stored without a value; "
+            "money figures (revenue, CLV, value at risk) are unknown for this store"
+        )
+    return Prepared(df[[f for f in FIELDS if f in df.columns]], derived, tuple(notes))
 
 
 def derive_customers(events: pd.DataFrame) -> pd.DataFrame:
@@ -332,7 +388,13 @@ def _log_entry(
         "good_rows": report.good_rows,
         "bad_rows": report.bad_rows,
         "failures": [
-            {"rule": f.rule, "column": f.column, "rows": f.rows, "examples": list(f.examples)}
+            {
+                "rule": f.rule,
+                "column": f.column,
+                "rows": f.rows,
+                "examples": list(f.examples),
+                "details": list(f.details),
+            }
             for f in report.failures
         ],
         "notes": list(report.notes),
@@ -342,7 +404,9 @@ def _log_entry(
 def _already(entry: dict) -> ValidationReport:
     """The report of a logged ingest, with a note saying that nothing was written now."""
     failures = tuple(
-        RuleFailure(f["rule"], f["column"], f["rows"], tuple(f["examples"]))
+        RuleFailure(
+            f["rule"], f["column"], f["rows"], tuple(f["examples"]), tuple(f.get("details", ()))
+        )
         for f in entry["failures"]
     )
     note = (
@@ -359,6 +423,25 @@ def _already(entry: dict) -> ValidationReport:
     )
 
 
+class TooManyBadRows(DataValidationError):
+    """More than ``data.max_bad_share`` of a file's rows are bad: nothing was written.
+
+    A share that high is a wrong mapping or a wrong file far more often than bad data;
+    keeping the few good rows would hide it.
+    """
+
+    def __init__(self, report: ValidationReport, share: float) -> None:
+        super().__init__(report)
+        self.share = share
+        self.summary = (
+            f"{report.bad_rows:,} of {report.total_rows:,} rows "
+            f"({report.bad_rows / report.total_rows:.0%}) are bad, more than "
+            f"data.max_bad_share ({share:.0%}): nothing written (the events, customers and "
+            "quarantine are unchanged); fix the mapping or the file, or raise "
+            "data.max_bad_share (--set data.max_bad_share=1) to keep the good rows"
+        )
+
+
 def ingest_events(
     df: pd.DataFrame,
     data: DataParams,
@@ -370,6 +453,9 @@ def ingest_events(
     now: pd.Timestamp | None = None,
     customers_path: Path | None = None,
     source: str | None = None,
+    derived_ids: bool = False,
+    amounts: bool = True,
+    notes: tuple[str, ...] = (),
 ) -> ValidationReport:
     """Validate events and store them: good rows to the store, bad rows to quarantine.
 
@@ -394,11 +480,21 @@ def ingest_events(
         customers_path: the customers table to keep in step (first event per customer,
             the earliest ``first_seen`` wins on merge); None leaves it alone.
         source: what the rows came from (a file name), recorded in the write log.
+        derived_ids: the ids were derived from the rows' content
+            (:func:`prepare_events`): a row whose id is already stored is the same event
+            ingested again, skipped (and counted in a note) rather than quarantined.
+        amounts: False when the file's conversion events carry no amount (``--no-amounts``):
+            they are stored without a value and the write log records it, so money
+            figures are unknown (null) downstream rather than zero.
+        notes: what the preparation changed (mapped names, derived ids), added to the
+            report's notes.
 
     Returns:
         The validation report.
 
     Raises:
+        TooManyBadRows: more than ``data.max_bad_share`` of the rows are bad; nothing is
+            written (neither the store nor the quarantine changes).
         DataValidationError: ``strict`` and at least one row is bad, or required columns
             are missing.
         engage.locks.StoreBusyError: another command held the store for longer than
@@ -408,17 +504,37 @@ def ingest_events(
     events_path, quarantine_path = Path(events_path), Path(quarantine_path)
     customers_path = Path(customers_path) if customers_path is not None else None
     now = resolve_now(now)
-    fingerprint = frame_fingerprint(df, replace=replace, strict=strict)
+    options = {"replace": replace, "strict": strict}
+    if not amounts:
+        options["no_amounts"] = True
+    fingerprint = frame_fingerprint(df, **options)
     others = tuple(p for p in (customers_path, quarantine_path) if p is not None)
     with writing(events_path, timeout=data.lock_timeout_s, others=others) as write:
         log = read_log(events_path)
         if log and log[-1].get("fingerprint") == fingerprint:
             return _already(log[-1])
         existing = None if replace else _stored_ids(events_path)
-        good, bad, report = validate_events(df, data, now=now, existing_ids=existing)
+        notes = list(notes)
+        if derived_ids and existing is not None and len(existing):
+            again = df[EVENT_ID].isin(pd.Index(existing))
+            if again.any():
+                n = int(again.sum())
+                notes.append(
+                    f"{n:,} row{'s' if n != 1 else ''} already in the store (same content, "
+                    "same derived id): skipped, not stored twice"
+                )
+                df = df[~again]
+        if len(df) == 0:
+            return ValidationReport("events", 0, 0, 0, (), tuple(notes))
+        good, bad, report = validate_events(
+            df, data, now=now, existing_ids=existing, amounts=amounts
+        )
+        report = replace_report(report, notes=(*notes, *report.notes))
         fault_point("ingest:validated")
         if strict and not report.ok:
             raise DataValidationError(report)
+        if report.bad_rows > data.max_bad_share * report.total_rows:
+            raise TooManyBadRows(report, data.max_bad_share)
 
         if len(good):
             events = to_table(good, EVENTS_SCHEMA)
@@ -432,7 +548,7 @@ def ingest_events(
             quarantine = _quarantine_table(bad, quarantine_path, now)
             pq.write_table(quarantine, write.stage(quarantine_path))
         write.stage_log(
-            _log_entry(report, fingerprint, source, now, replace=replace, strict=strict)
+            _log_entry(report, fingerprint, source, now, derived_ids=derived_ids, **options)
         )
         fault_point("ingest:staged")
         write.commit(fault="ingest")

@@ -146,6 +146,46 @@ def read_log(events_path: Path) -> list[dict]:
         raise ValueError(f"{path}: unreadable write log ({err})") from None
 
 
+DEMO_COMMANDS = ("simulate", "cdnow")
+
+
+def _replaced_store(entry: dict) -> bool:
+    return entry.get("command") in DEMO_COMMANDS or bool(entry.get("replace"))
+
+
+def demo_origin(events_path: Path) -> dict | None:
+    """The write that put demo data (simulated or CDNOW) in the store, if it still holds it.
+
+    The store holds demo data when the last write that replaced it whole was
+    ``engage data simulate`` or ``engage data cdnow`` (later ingests appended to it).
+
+    Returns:
+        That write's log entry (``command``, ``at``, and for the simulator ``customers``,
+        ``days``, ``seed``), or None for a store of the user's own events or no store.
+
+    """
+    if not Path(events_path).exists():
+        return None
+    for entry in reversed(read_log(events_path)):
+        if _replaced_store(entry):
+            return entry if entry.get("command") in DEMO_COMMANDS else None
+    return None
+
+
+def store_flags(events_path: Path) -> dict[str, bool]:
+    """What the writes since the store was last replaced say about its data.
+
+    ``no_amounts``: at least one ingest had no amounts (``--no-amounts``): purchase
+    values, revenue, CLV and value at risk are unknown for this store.
+    """
+    flags = {"no_amounts": False}
+    for entry in reversed(read_log(events_path) if Path(events_path).exists() else []):
+        flags["no_amounts"] |= bool(entry.get("no_amounts"))
+        if _replaced_store(entry):
+            break
+    return flags
+
+
 def frame_fingerprint(df: pd.DataFrame, **options: object) -> str:
     """A hash of a frame's columns, values and the write options (order matters)."""
     digest = hashlib.sha256()

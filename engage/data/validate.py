@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,7 @@ ERRORS = "errors"
 NPS_EVENT = "nps_response"
 NPS_RANGE = (0.0, 10.0)
 MAX_EXAMPLES = 3
+MAX_UNKNOWN_NAMES = 10  # unknown event names listed one by one, with a hint each
 
 # Rule names, in the order reports list them.
 REQUIRED = "required"
@@ -112,6 +113,8 @@ class RuleFailure:
     column: str
     rows: int
     examples: tuple[str, ...] = ()
+    # Lines printed under the rule: the allowed values, the closest one to each bad value.
+    details: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class ValidationReport:
             if f.rule in RULE_TEXT:
                 line += f" - {RULE_TEXT[f.rule]}"
             lines.append(line)
+            lines += [f"    {d}" for d in f.details]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -361,10 +365,13 @@ def _events_schema(
     limit: pd.Timestamp,
     existing_ids: pd.Series | set | None,
     not_numeric: pd.Series,
+    *,
+    amounts: bool = True,
 ) -> DataFrameSchema:
     """Build the rules on parsed events; value-by-type rules are row-wise (wide) checks."""
     value_types = set(data.value_event_types)
-    needs_value = sorted({data.conversion_event, NPS_EVENT} & value_types)
+    needs_value = {NPS_EVENT} | ({data.conversion_event} if amounts else set())
+    needs_value = sorted(needs_value & value_types)
     non_negative = sorted(value_types - {NPS_EVENT})
 
     def missing_value(d: pd.DataFrame) -> pd.Series:
@@ -411,12 +418,31 @@ def _events_schema(
 # --- public API ------------------------------------------------------------------------
 
 
+def _unknown_type_details(types: pd.Series, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The allowed event types, then each unknown name with its count and closest type."""
+    from engage.data.mapping import closest
+
+    counts = types[types.notna() & ~types.isin(allowed)].value_counts()
+    lines = [f"allowed: {', '.join(allowed)}"]
+    for name, n in counts.head(MAX_UNKNOWN_NAMES).items():
+        near = closest(str(name), allowed)
+        hint = f"closest allowed: {near!r}" if near else "no allowed type is close"
+        lines.append(
+            f"{name!r}: {n:,} row{'s' if n != 1 else ''}, {hint}; map it with "
+            f"--map-event '{name}={near or '<type>'}' or add it to data.event_types"
+        )
+    if len(counts) > MAX_UNKNOWN_NAMES:
+        lines.append(f"... and {len(counts) - MAX_UNKNOWN_NAMES} more unknown names")
+    return tuple(lines)
+
+
 def validate_events(
     df: pd.DataFrame,
     data: DataParams,
     *,
     now: pd.Timestamp | None = None,
     existing_ids: pd.Series | set | None = None,
+    amounts: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, ValidationReport]:
     """Check incoming events against every rule at once.
 
@@ -436,6 +462,8 @@ def validate_events(
         data: the ``data`` section of the parameters.
         now: the reference time for the future rule; defaults to the current time.
         existing_ids: event ids already stored, to refuse re-ingesting them.
+        amounts: False for a file whose conversion events carry no amount (a clickstream
+            without order values): ``missing_value`` is then not a rule for them.
 
     Returns:
         ``(good, bad, report)``: good rows in the schema's columns and types (string ids,
@@ -476,7 +504,7 @@ def validate_events(
     )
 
     limit = resolve_now(now) + pd.Timedelta(minutes=data.future_tolerance_minutes)
-    schema = _events_schema(data, limit, existing_ids, not_numeric)
+    schema = _events_schema(data, limit, existing_ids, not_numeric, amounts=amounts)
     wide_columns = {check.name: VALUE for check in schema.checks}
     findings = _schema_findings(schema, norm, wide_columns)
     findings += [
@@ -495,7 +523,15 @@ def validate_events(
         if n:
             noun = "value" if n == 1 else "values"
             notes.append(f"{column}: {n} {noun} trimmed of surrounding spaces")
-    return _finish("events", df, norm, findings, tuple(notes))
+    good, bad, report = _finish("events", df, norm, findings, tuple(notes))
+    if any(f.rule == UNKNOWN_EVENT_TYPE for f in report.failures):
+        details = _unknown_type_details(norm[EVENT_TYPE], tuple(data.event_types))
+        failures = tuple(
+            replace(f, details=details) if f.rule == UNKNOWN_EVENT_TYPE else f
+            for f in report.failures
+        )
+        report = replace(report, failures=failures)
+    return good, bad, report
 
 
 def validate_customers(

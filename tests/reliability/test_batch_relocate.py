@@ -48,7 +48,7 @@ def test_a_moved_data_dir_scores_and_trains_in_its_own_folder(pipeline, tmp_path
         loc.startswith(moved.as_uri() + "/mlruns/artifacts/") for loc in locations
     )
 
-    result = runner.invoke(app, [*SETS, "train", "--model", "churn"])
+    result = runner.invoke(app, [*SETS, "train", "--model", "churn", "--force"])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert not original.exists()  # nothing was written to the old place
     new_runs = list((moved / "mlruns" / "artifacts" / "churn").iterdir())
