@@ -53,7 +53,7 @@ test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-reliability: $(DEV_STAMP) ## heavy reliability cases: every kill point of every batch step, long API fuzzing, slow clients, every start-up failure (~35 min)
+test-reliability: $(DEV_STAMP) ## heavy cases: every kill point of every batch step, long API fuzzing, slow clients, every start-up failure, the end-to-end backtest (~40 min)
 	$(BIN)/python -m pytest -q -m reliability_heavy
 
 lint: $(DEV_STAMP) ## ruff check and format check

@@ -13,7 +13,9 @@ import pytest
 from evaluation import backtest as bt
 from training.model import KINDS
 
-pytestmark = pytest.mark.slow
+# About two minutes of subprocess pipelines: outside `make test`'s budget, in the heavy lane
+# (`make test-reliability`); tests/test_backtest.py covers the judging in `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.reliability_heavy]
 
 SETS = ("simulate.days=240",)
 CUTS = ("w26", "w30")
