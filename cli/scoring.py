@@ -75,6 +75,14 @@ def score_command(
         console.print(f"[yellow]warning: {escape(line)}[/yellow]")
 
 
+# Options shared by the list commands (at-risk, leads).
+FormatOption = Annotated[
+    str, typer.Option("--format", help="table, csv or json.", case_sensitive=False)
+]
+RunOption = Annotated[
+    str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
+]
+
 # -------------------------------------------------------------------------- at-risk
 
 
@@ -88,12 +96,8 @@ def at_risk_command(
     segment: Annotated[
         str | None, typer.Option("--segment", help="Only this lifecycle segment.")
     ] = None,
-    format_: Annotated[
-        str, typer.Option("--format", help="table, csv or json.", case_sensitive=False)
-    ] = "table",
-    run: Annotated[
-        str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
-    ] = None,
+    format_: FormatOption = "table",
+    run: RunOption = None,
     stage: Annotated[
         str | None, typer.Option("--stage", help="Only this stage: Retention or Exit.")
     ] = None,
@@ -350,12 +354,8 @@ def transitions_command(
 def leads_command(
     ctx: typer.Context,
     top: Annotated[int, typer.Option("--top", help="Number of SQLs.", min=1)] = 20,
-    format_: Annotated[
-        str, typer.Option("--format", help="table, csv or json.", case_sensitive=False)
-    ] = "table",
-    run: Annotated[
-        str | None, typer.Option("--run", help="Scoring run id (default: the latest).")
-    ] = None,
+    format_: FormatOption = "table",
+    run: RunOption = None,
     funnel: Annotated[
         bool, typer.Option("--funnel", help="Also the MQL -> SQL -> SAL -> won funnel per run.")
     ] = False,
