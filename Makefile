@@ -28,7 +28,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,benchmarks]"
+	$(BIN)/pip install --quiet -e ".[dev,benchmarks,scale]"
+	@# The scale extra's Spark runs on a Java 17+ runtime: install Debian's when absent
+	@# (best effort), then fail with the reason if there is still none.
+	@command -v java >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		openjdk-17-jre-headless) >/dev/null 2>&1; } || true
+	@java -version >/dev/null 2>&1 || { echo "Java is missing: the scale extra (pyspark) needs a Java 17+ runtime on PATH (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -nE '1s/.*version "(1\.)?([0-9]+).*/\2/p'); [ "$${v:-0}" -ge 17 ] || \
+		{ echo "Java $$v found: the scale extra (pyspark 4) needs Java 17 or later"; exit 1; }
+	@# redis-server for the Redis online-store tests (Debian package). Best effort: where
+	@# apt is missing or not root, those tests skip and say why.
+	@command -v redis-server >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+		>/dev/null 2>&1 || echo "redis-server not installed: the Redis online-store tests will skip"; }
 	@# Headless Chromium for the report's browser test (Debian package). Best effort: where
 	@# apt is missing or not root, the test skips and says why.
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
@@ -40,7 +53,7 @@ venv: $(BIN)/python ## create the virtual environment (.venv)
 
 install: $(STAMP) ## install the project and its runtime dependencies
 
-install-dev: $(DEV_STAMP) ## install with the dev extras (pytest, ruff, nbclient)
+install-dev: $(DEV_STAMP) ## install with the dev and scale extras (pytest, ruff, pyspark, redis; needs Java 17+)
 
 run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
 	$(BIN)/engage run
