@@ -24,8 +24,9 @@ How a snapshot is computed (:class:`FeatureBuilder`):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -473,6 +474,13 @@ class FeatureBuilder:
             fp.min_labelled_snapshots,
         )
 
+    def tables(
+        self, times: Sequence[pd.Timestamp], created: pd.Timestamp
+    ) -> Iterator[tuple[pd.Timestamp, pa.Table]]:
+        """Each snapshot of ``times``, oldest first (the all-time statistics carry over)."""
+        for t in sorted(times):
+            yield t, self.snapshot(t, created)
+
     def close(self) -> None:
         self.con.close()
 
@@ -498,8 +506,12 @@ def build_features(
     out_dir: Path,
     as_of: Sequence[pd.Timestamp] | None = None,
     progress: Callable[[pd.Timestamp], None] | None = None,
+    session: object | None = None,
 ) -> BuildSummary:
     """Compute snapshots and make them the stored set, one Parquet file per as-of time.
+
+    ``params.compute.engine`` picks the engine: DuckDB on this host, or Spark
+    (:mod:`features.spark_build`); both write the same files.
 
     The build owns the set (:class:`features.snapshots.SnapshotSet`): once it
     succeeds, the folder holds exactly the snapshots of ``as_of`` (or of the default
@@ -515,6 +527,8 @@ def build_features(
         out_dir: the features folder; files go to ``out_dir/customer_features/``.
         as_of: as-of times; default: every ``snapshot_every_days`` up to "now".
         progress: called after each snapshot is written.
+        session: the SparkSession to use when the engine is Spark (default: one at
+            ``spark.master``, stopped at the end).
 
     Returns:
         What was written.
@@ -528,18 +542,25 @@ def build_features(
     from engage.data.store import reading
 
     timeout = params.data.lock_timeout_s
-    with features_lock(out_dir, timeout=timeout):
-        with reading(events_path, timeout=timeout):
+    spark = params.compute.engine == "spark"
+    with features_lock(out_dir, timeout=timeout), contextlib.ExitStack() as events_lock:
+        events_lock.enter_context(reading(events_path, timeout=timeout))
+        if spark:  # Spark reads the events lazily, during the job: keep the lock throughout
+            from features.spark_build import SparkFeatureBuilder
+
+            builder = SparkFeatureBuilder(
+                params, events_path, customers_path, Path(out_dir) / ".spark_staging", session
+            )
+        else:
             builder = FeatureBuilder(params, events_path, customers_path)
+            events_lock.close()
         snapshots = SnapshotSet(Path(out_dir))
         try:
             times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
             times = sorted(set(times))
             created = pd.Timestamp.now(tz="UTC")
             rows = 0
-            # Oldest first, so the builder carries its all-time statistics forward.
-            for t in times:
-                table = builder.snapshot(t, created)
+            for t, table in builder.tables(times, created):
                 snapshots.write(table, t, _dictionary_columns(table.schema))
                 rows += table.num_rows
                 if progress:

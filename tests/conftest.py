@@ -68,3 +68,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "pipeline" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        # Spark and redis-server tests are `scale`, so `-m "not scale"` leaves them out.
+        if {"spark", "redis_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.scale)
+
+
+def _java_problem() -> str | None:
+    """Why Spark cannot start here (no Java 17+ runtime), or None."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("java") is None:
+        return "no java on PATH: Spark needs a Java 17+ runtime (make install-dev installs it)"
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
+    m = re.search(r'version "(?:1\.)?(\d+)', out)
+    if not m or int(m.group(1)) < 17:
+        return f"Spark 4 needs Java 17+, found: {out.splitlines()[:1]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for every `scale` test: 2 cores, small shuffles, UTC.
+
+    Skips (with the reason) when pyspark (the `scale` extra) or Java 17+ is missing.
+    """
+    pytest.importorskip("pyspark", reason='pyspark missing: pip install -e ".[scale]"')
+    problem = _java_problem()
+    if problem:
+        pytest.skip(problem)
+    from engage.config import load_params
+    from features.spark_build import spark_session
+
+    params = load_params(
+        overrides=(
+            "spark.master='local[2]'",
+            "spark.conf={spark.sql.shuffle.partitions: 2, spark.default.parallelism: 2, "
+            "spark.ui.enabled: false, spark.driver.memory: 1g, "
+            "spark.sql.adaptive.coalescePartitions.enabled: true}",
+        )
+    )
+    session = spark_session(params.spark, app_name="engage-tests")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
