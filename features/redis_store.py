@@ -145,7 +145,6 @@ def client_for(config: RepoConfig) -> redis.Redis:
             f"found {getattr(store_cfg, 'type', None)!r}"
         )
     import redis
-
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
