@@ -209,6 +209,13 @@ class FeastParams(_Section):
     repo: Text
     # Feast's rule, without the hyphen its SQLite online stores cannot take.
     project: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")]
+    # packed_sqlite: a file under the data dir (features/online_store.py); redis: Feast's
+    # Redis store at redis_connection_string, shared by every service process.
+    online_store: Literal["packed_sqlite", "redis"]
+    # Feast's format: host:port, then optional ,key=value (db=0, password=..., ssl=true).
+    redis_connection_string: Annotated[
+        str, StringConstraints(pattern=r"^[^\s:,]+:[0-9]{1,5}(,[A-Za-z_]+=[^\s,]*)*$")
+    ]
 
 
 class LabelsParams(_Section):

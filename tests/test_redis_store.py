@@ -251,3 +251,64 @@ def test_errors_name_the_problem(tmp_path, redis_server, flushed):
         redis_store.RedisDirectReader(down).probe(down, views)
     with pytest.raises(OnlineStoreUnavailable, match=r"needs online_store type redis"):
         redis_store.client_for(_sqlite_config(tmp_path))
+
+
+def test_materialize_into_redis_serves_what_the_packed_store_serves(
+    tmp_path, redis_server, flushed
+):
+    """feast.online_store: redis end to end: build, apply, bulk materialize, SDK and direct."""
+    from engage.config import resolve_paths
+    from engage.data.simulate import simulate_to_parquet
+    from features.aggregates import build_features
+    from features.store import apply_repo, get_store, materialize_snapshot, online_features
+    from serving.online import _redis_reader
+
+    small = ("simulate.customers=300", "simulate.days=90")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGAGE_DATA_DIR", str(tmp_path / "data"))
+        params = load_params(overrides=small)
+        paths = resolve_paths(params)
+        simulate_to_parquet(params.simulate, params.data, paths.events, paths.customers)
+        summary = build_features(params, paths.events, paths.customers, paths.features_dir)
+        latest = max(summary.snapshots)
+        apply_repo(paths)
+        packed = get_store(paths)
+        n = materialize_snapshot(packed, latest)
+
+        on_redis = (
+            *small,
+            "feast.online_store=redis",
+            f"feast.redis_connection_string={redis_server}",
+        )
+        rpaths = resolve_paths(load_params(overrides=on_redis))
+        apply_repo(rpaths)
+        rstore = get_store(rpaths)
+        assert rstore.config.online_store.type == "redis"
+        assert materialize_snapshot(rstore, latest) == n
+        assert flushed.dbsize() == n
+
+        snap = pd.read_parquet(paths.features_dir / "customer_features")
+        ids = [*sorted(snap[ENTITY_KEY].unique())[:150], "nobody"]
+        for service in [s.name for s in packed.list_feature_services()]:
+            a = online_features(packed, ids, service).set_index(ENTITY_KEY)
+            b = online_features(rstore, ids, service).set_index(ENTITY_KEY)
+            assert list(a.columns) == list(b.columns)
+            np.testing.assert_array_equal(
+                a.apply(pd.to_numeric).astype(float).to_numpy(),
+                b.apply(pd.to_numeric).astype(float).to_numpy(),
+                err_msg=service,
+            )
+        # The service's direct read (serving/online.py) picks the Redis reader.
+        reader = _redis_reader(rstore.config)
+        assert isinstance(reader, redis_store.RedisDirectReader)
+        assert _redis_reader(packed.config) is None
+        views = [v for v in rstore.list_feature_views() if v.online]
+        plan = [(v, [f.name for f in v.features]) for v in views]
+        keys = entity_key_bytes(ENTITY_KEY, ids)
+        packed_online = packed._get_provider().online_store
+        for got, want in zip(
+            reader.read_views(rstore.config, plan, keys),
+            packed_online.read_views(packed.config, plan, keys),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, want)
