@@ -15,17 +15,17 @@ the same definitions:
 The DuckDB build computes the statistics with numpy (its fast path); the two are tested
 equal on the golden event log and on a simulation (``tests/test_features_spark.py``).
 
-How it runs: the events are joined to the as-of times (``event_time < as_of``) and
-grouped by as-of time and contact, giving one row of statistics per contact and time;
-every known contact (first seen before the as-of time) gets a row, zero-filled where it
-did nothing, and the feature expressions turn it into the snapshot. Spark writes the
+How it runs: every known contact (first seen before the as-of time) gets a row per
+as-of time with its statistics (zero-filled where it did nothing), and the feature
+expressions turn it into the snapshot. Spark writes the
 result partitioned by as-of time under a staging folder next to the features; each
 snapshot is then read back one at a time (so the driver holds one snapshot, never the
 events), sorted by ``customer_id`` like the DuckDB build, cast to the same Arrow schema
 and handed to :class:`features.snapshots.SnapshotSet`, which owns the files.
 
-Not yet: the join repeats each event once per later as-of time, so the work grows with
-``events x snapshots``; the DuckDB build folds the all-time statistics forward instead.
+The work grows with the events times the as-of times inside one window (plus the
+output rows), not with the whole history times the as-of times: see
+:meth:`SparkFeatureBuilder.frame`.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ AS_OF_US = "as_of_us"
 CREATED_US = "created_us"
 _STAT_REF = re.compile(r'"([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)"')
 _STAGING = ".spark_staging"
+_PREV_US = "prev_as_of_us"  # the previous as-of time: an interval is [prev, as_of)
+_LONG_MIN = -(2**63)
 
 
 def spark_session(spark: SparkParams, app_name: str = "engage") -> SparkSession:
@@ -109,7 +111,7 @@ def _valued(t: str) -> str:
     return f"(event_type = '{t}' AND value IS NOT NULL AND NOT isnan(value))"
 
 
-def stat_aggregate(t: str, stat: str) -> str:
+def stat_aggregate(t: str, stat: str, running: bool = False) -> str:
     """The Spark aggregate of one statistic (``features.aggregates.STATS``) of type ``t``.
 
     It runs per (as-of time, contact) group over the events with ``ts < as_of_us``; a
@@ -130,7 +132,9 @@ def stat_aggregate(t: str, stat: str) -> str:
         return f"max(CASE WHEN {of_t} THEN ts END)"
     if stat == "last_value":
         # Latest time first, then the larger value on a tie: the order of the numpy build.
-        return f"max(CASE WHEN {_valued(t)} THEN named_struct('ts', ts, 'v', value) END).v"
+        # Per interval (running=True) the pair is kept, for running_total to compare.
+        latest = f"max(CASE WHEN {_valued(t)} THEN named_struct('ts', ts, 'v', value) END)"
+        return latest if running else f"{latest}.v"
     window = _window(stat)
     if window is None:
         raise ValueError(f'features: "{t}.{stat}" reads an unknown statistic')
@@ -139,6 +143,23 @@ def stat_aggregate(t: str, stat: str) -> str:
     if kind == "n":
         return f"count_if({of_t} AND {recent})"
     return f"sum(CASE WHEN {of_t} AND {recent} THEN {clean} ELSE 0D END)"
+
+
+def running_total(t: str, stat: str, over: str) -> str:
+    """An all-time statistic at each as-of time, from its per-interval parts.
+
+    ``over`` is the window of the contact's intervals so far, oldest first.
+    """
+    col = f"`{t}.{stat}`"
+    if stat in ("n_all", "n_val", "s_all"):
+        return f"sum({col}) {over}"
+    if stat == "min_ts":
+        return f"min({col}) {over}"
+    if stat == "max_ts":
+        return f"max({col}) {over}"
+    if stat == "last_value":
+        return f"(max({col}) {over}).v"
+    raise ValueError(f'features: "{t}.{stat}" is not an all-time statistic')
 
 
 def _zero_filled(stat: str) -> bool:
@@ -220,11 +241,14 @@ class SparkFeatureBuilder:
             "unix_micros(event_time) AS ts",
             "CAST(value AS DOUBLE) AS value",
         )
-        [row] = ev.selectExpr("min(ts) AS lo", "max(ts) AS hi", "count(*) AS n").collect()
+        # Like the DuckDB build: the times and count of the events of the vocabulary.
+        vocab = ev.where(ev.event_type.isin(list(self.params.data.event_types)))
+        [row] = vocab.selectExpr("min(ts) AS lo", "max(ts) AS hi", "count(*) AS n").collect()
         if not row["n"]:
             raise ValueError(f"events: {self.events_path} holds no rows")
         self.first_event = pd.Timestamp(row["lo"], unit="us", tz="UTC")
         self.last_event = pd.Timestamp(row["hi"], unit="us", tz="UTC")
+        self.n_events = int(row["n"])
         known = ev.groupBy(ENTITY_KEY).agg({"ts": "min"}).withColumnRenamed("min(ts)", "fs")
         if self.customers_path is not None and Path(self.customers_path).exists():
             cust = spark.read.parquet(str(Path(self.customers_path).resolve()))
@@ -235,9 +259,6 @@ class SparkFeatureBuilder:
         # and one of a type no feature reads is never grouped.
         used = sorted({t for t, _ in self._columns})
         self._events = ev.where(ev.event_type.isin(used))
-        self.n_events = int(
-            ev.where(ev.event_type.isin(list(self.params.data.event_types))).count()
-        )
 
     def snapshot_times(self, now: pd.Timestamp | None = None) -> list[pd.Timestamp]:
         """Default as-of times for these events (see :func:`snapshot_times`)."""
@@ -253,27 +274,64 @@ class SparkFeatureBuilder:
         )
 
     def frame(self, times: Sequence[pd.Timestamp], created: pd.Timestamp) -> DataFrame:
-        """Every snapshot of ``times`` as one Spark DataFrame (column ``as_of_us``)."""
+        """Every snapshot of ``times`` as one Spark DataFrame (column ``as_of_us``).
+
+        All-time statistics: each event falls in one interval between consecutive as-of
+        times; per contact and interval the events are aggregated once, and a running
+        aggregate over the intervals (a window ordered by as-of time) gives the totals
+        at every as-of time, as the DuckDB build folds them forward. Windowed
+        statistics: each event joins only the as-of times within the longest window
+        its type needs. So the work grows with the events times the snapshots inside
+        one window, not with the whole history times the snapshots.
+        """
         spark = self.session
-        as_of = [int(to_utc(t).value // 1000) for t in times]
-        snaps = spark.createDataFrame([(t,) for t in as_of], f"{AS_OF_US} long")
+        as_of = sorted({int(to_utc(t).value // 1000) for t in times})
+        prev = [_LONG_MIN, *as_of[:-1]]
+        snaps = spark.createDataFrame(
+            list(zip(as_of, prev, strict=True)), f"{AS_OF_US} long, {_PREV_US} long"
+        ).hint("broadcast")
         created_us = int(to_utc(created).value // 1000)
-        aggs = [
-            f"{stat_aggregate(t, stat)} AS `{t}.{stat}`"
-            for t, stat in self._columns
-            if stat in TOTAL_STATS or _window(stat)
-        ]
-        joined = self._events.join(snaps.hint("broadcast"), self._events.ts < snaps[AS_OF_US])
-        stats = joined.groupBy(AS_OF_US, ENTITY_KEY).agg(
-            *[_expr(a) for a in aggs]  # one pass over the joined events
-        )
-        rows = self._known.crossJoin(snaps.hint("broadcast")).where(f"{FIRST_SEEN_US} < {AS_OF_US}")
-        wide = rows.join(stats, [AS_OF_US, ENTITY_KEY], "left")
+        totals = [(t, st) for t, st in self._columns if st in TOTAL_STATS]
+        windowed = [(t, st) for t, st in self._columns if st not in TOTAL_STATS]
+        ev = self._events
+
+        # The dense grid: every contact known at each as-of time.
+        grid = self._known.crossJoin(snaps).where(f"{FIRST_SEEN_US} < {AS_OF_US}")
+        if totals:
+            in_interval = (ev.ts >= snaps[_PREV_US]) & (ev.ts < snaps[AS_OF_US])
+            aggs = [f"{stat_aggregate(t, st, running=True)} AS `{t}.{st}`" for t, st in totals]
+            parts = (
+                ev.join(snaps, in_interval)
+                .groupBy(AS_OF_US, ENTITY_KEY)
+                .agg(*[_expr(a) for a in aggs])
+            )
+            grid = grid.join(parts, [AS_OF_US, ENTITY_KEY], "left")
+            so_far = (
+                f"OVER (PARTITION BY {ENTITY_KEY} ORDER BY {AS_OF_US} "
+                "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+            )
+            running = [f"{running_total(t, st, so_far)} AS `{t}.{st}`" for t, st in totals]
+            grid = grid.selectExpr(ENTITY_KEY, AS_OF_US, FIRST_SEEN_US, *running)
+        if windowed:
+            longest: dict[str, int] = {}
+            for t, st in windowed:
+                longest[t] = max(longest.get(t, 0), _window(st)[1])
+            reach = " ".join(f"WHEN '{t}' THEN {d * DAY_US}" for t, d in longest.items())
+            recent = ev.where(ev.event_type.isin(list(longest)))
+            recent = recent.withColumn("reach", _expr(f"CASE event_type {reach} END"))
+            in_reach = (recent.ts < snaps[AS_OF_US]) & (recent.ts >= snaps[AS_OF_US] - recent.reach)
+            aggs = [f"{stat_aggregate(t, st)} AS `{t}.{st}`" for t, st in windowed]
+            stats = (
+                recent.join(snaps, in_reach)
+                .groupBy(AS_OF_US, ENTITY_KEY)
+                .agg(*[_expr(a) for a in aggs])
+            )
+            grid = grid.join(stats, [AS_OF_US, ENTITY_KEY], "left")
         fill = [
             f"coalesce(`{t}.{s}`, 0) AS `{t}.{s}`" if _zero_filled(s) else f"`{t}.{s}`"
             for t, s in self._columns
         ]
-        wide = wide.selectExpr(
+        wide = grid.selectExpr(
             ENTITY_KEY, AS_OF_US, FIRST_SEEN_US, f"{created_us} AS {CREATED_US}", *fill
         )
         return wide.selectExpr(*feature_select(self.specs))

@@ -104,9 +104,11 @@ def spark():
     params = load_params(
         overrides=(
             "spark.master='local[2]'",
+            # Small data: two shuffle partitions, and no whole-stage code generation
+            # (compiling it costs more than running these queries).
             "spark.conf={spark.sql.shuffle.partitions: 2, spark.default.parallelism: 2, "
-            "spark.ui.enabled: false, spark.driver.memory: 1g, "
-            "spark.sql.adaptive.coalescePartitions.enabled: true}",
+            "spark.ui.enabled: false, spark.ui.showConsoleProgress: false, "
+            "spark.driver.memory: 1g, spark.sql.codegen.wholeStage: false}",
         )
     )
     session = spark_session(params.spark, app_name="engage-tests")

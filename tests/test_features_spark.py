@@ -89,6 +89,24 @@ def assert_same_snapshots(duck, sp, rtol=1e-9):
 @pytest.mark.scale
 def test_spark_build_equals_duckdb_on_the_golden_event_log(tmp_path, spark):
     ev, cu = _events(), _customers()
+    # F is known only through an event of a type outside the vocabulary: a row of zeros
+    # and nulls in both builds, and the event is not counted. G's visit and purchase lie
+    # exactly at the start of their type's longest window (90 and 365 days) before the
+    # last as-of time: inside it.
+    odd = pd.DataFrame(
+        {
+            "customer_id": ["F", "G", "G"],
+            "event_time": [
+                T("2025-02-20 08:00", tz="UTC"),
+                AS_OF[-1] - pd.Timedelta(days=90),
+                AS_OF[-1] - pd.Timedelta(days=365),
+            ],
+            "event_type": ["retired_type", "web_visit", "purchase"],
+            "value": [1.0, 30.0, 12.5],
+            "event_id": ["odd1", "odd2", "odd3"],
+        }
+    )
+    ev = pd.concat([ev, odd], ignore_index=True)
     ev["event_time"] = ev["event_time"].astype("datetime64[us, UTC]")
     cu["first_seen"] = cu["first_seen"].astype("datetime64[us, UTC]")
     ev.to_parquet(tmp_path / "events.parquet")
@@ -99,7 +117,7 @@ def test_spark_build_equals_duckdb_on_the_golden_event_log(tmp_path, spark):
     duck, sp, summary = _build_both(
         tmp_path, spark, tmp_path / "events.parquet", tmp_path / "customers.parquet", as_of
     )
-    assert summary.events == len(ev)
+    assert summary.events == len(ev) - 1
     assert_same_snapshots(duck, sp)
     # A hand-computed value read from the Spark files (tests/test_features_golden.py).
     got = pd.read_parquet(sp / "customer_features").set_index([ENTITY_KEY, TIMESTAMP])
@@ -107,6 +125,12 @@ def test_spark_build_equals_duckdb_on_the_golden_event_log(tmp_path, spark):
     assert (a["purchases_total"], a["revenue_total"]) == (1, 40.0)
     assert a["days_since_last_purchase"] == pytest.approx(27 - 9 / 24)
     assert ("E", AS_OF[-1]) not in got.index  # first seen after every as-of time
+    f = got.loc[("F", AS_OF[-1])]
+    assert (f["purchases_total"], f["revenue_total"]) == (0, 0.0)
+    assert np.isnan(f["days_since_last_event"]) and f["tenure_days"] > 0
+    g = got.loc[("G", AS_OF[-1])]
+    assert (g["web_visit_count_90d"], g["web_visit_value_90d"]) == (1, 30.0)
+    assert (g["purchases_365d"], g["revenue_365d"]) == (1, 12.5)
     assert not (sp / ".spark_staging").exists()
 
 
