@@ -101,6 +101,37 @@ def _decode(blob: bytes | None) -> float:
     return np.nan if kind is None else float(getattr(proto, kind))
 
 
+def decode_many(blobs: Sequence[bytes | None]) -> np.ndarray:
+    """:func:`_decode` of many values at once, vectorised for the two numeric encodings.
+
+    The values are joined into one byte buffer and read with numpy: a double is its tag
+    and 8 little-endian bytes; an int64 is its tag and a varint of at most 10 bytes, the
+    sum of each byte's low 7 bits shifted into place. Anything else goes through
+    :func:`_decode`.
+    """
+    blobs = [b or b"" for b in blobs]
+    lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    buf = np.frombuffer(b"".join(blobs) + bytes(11), dtype=np.uint8)
+    starts = np.cumsum(lens) - lens
+    tag = np.where(lens > 0, buf[starts], 0)
+    out = np.full(len(blobs), np.nan)
+    doubles = (tag == 0x29) & (lens == 9)
+    if doubles.any():
+        raw = buf[starts[doubles, None] + np.arange(1, 9)]
+        out[doubles] = raw.view("<f8")[:, 0]
+    ints = (tag == 0x20) & (lens >= 2) & (lens <= 11)
+    if ints.any():
+        pos = np.arange(1, 11)
+        digits = buf[starts[ints, None] + pos].astype(np.uint64)
+        digits[pos[None, :] >= lens[ints, None]] = 0  # bytes of the next values
+        shifts = np.arange(0, 70, 7, dtype=np.uint64)
+        n = ((digits & np.uint64(0x7F)) << shifts).sum(axis=1, dtype=np.uint64)
+        out[ints] = n.view(np.int64).astype("float64")
+    for i in np.flatnonzero((lens > 0) & ~doubles & ~ints):
+        out[i] = _decode(blobs[i])
+    return out
+
+
 def _layout(view: FeatureView) -> list[tuple[str, str]]:
     out = []
     for field in view.features:
@@ -208,8 +239,8 @@ class RedisDirectReader:
                 replies = pipe.execute() if keys else []
         except redis.RedisError as err:
             raise OnlineStoreUnavailable(f"Redis online store cannot be read ({err})") from None
-        flat = np.array([_decode(b) for reply in replies for b in reply], dtype="float64")
-        values = flat.reshape(len(keys), len(fields))
+        values = decode_many([b for reply in replies for b in reply])
+        values = values.reshape(len(keys), len(fields))
         return [values[:, start : start + n] for start, n in spans]
 
     def read_columns(

@@ -312,3 +312,19 @@ def test_materialize_into_redis_serves_what_the_packed_store_serves(
             strict=True,
         ):
             np.testing.assert_array_equal(got, want)
+
+
+def test_the_vectorised_decode_equals_the_per_value_decode():
+    ints = [0, 1, 127, 128, 300, -1, -(2**40), 2**53 - 1, -(2**53 - 1)]
+    floats = [0.0, -0.0, 0.25, -3.5, 1e300, 5e-324, float("inf"), float("-inf")]
+    blobs = [redis_store.encode_value(float(v), "int") for v in ints]
+    blobs += [redis_store.encode_value(v, "float") for v in floats]
+    # A null, a missing field, and another protobuf type (decoded by protobuf).
+    blobs += [b"", None, ValueProto(int32_val=7).SerializeToString()]
+    blobs = blobs[::-1] + blobs  # every neighbour of every kind
+    got = redis_store.decode_many(blobs)
+    want = np.array([redis_store._decode(b) for b in blobs])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert got[len(blobs) // 2 :][:9].tolist() == ints
+    assert redis_store.decode_many([]).shape == (0,)
