@@ -30,8 +30,10 @@ output rows), not with the whole history times the as-of times: see
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,11 @@ def spark_session(spark: SparkParams, app_name: str = "engage") -> SparkSession:
             "(Spark also needs a Java 17+ runtime)"
         ) from err
     builder = SparkSession.builder.master(spark.master).appName(app_name)
+    if spark.master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # Local Python workers (batch scoring) must run this interpreter, which has the
+        # project installed, not the first python3 on PATH; PySpark reads only this
+        # variable, when the context starts. A cluster sets its own.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     for key, value in spark.conf.items():
         builder = builder.config(key, value)
     # Every stored time is UTC; the session zone decides how timestamps become µs.
