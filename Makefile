@@ -13,7 +13,7 @@ export FEAST_USAGE := False
 FEAST_DATA_DIR ?= $(or $(ENGAGE_DATA_DIR),data)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test test-fast test-reliability lint format mlflow-ui feast-ui serve clean
+.PHONY: help venv install install-dev run test test-fast test-scale test-reliability lint format mlflow-ui feast-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -64,7 +64,10 @@ test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
 
 test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about a minute)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not scale"
+
+test-scale: $(DEV_STAMP) ## the Spark (local[2]) and Redis tests: a redis-server on a free loopback port, started and stopped by the tests (~2 min)
+	$(BIN)/python -m pytest -q -m scale
 
 test-reliability: $(DEV_STAMP) ## heavy cases: every kill point of every batch step, long API fuzzing, slow clients, every start-up failure, the end-to-end backtest (~40 min)
 	$(BIN)/python -m pytest -q -m reliability_heavy
