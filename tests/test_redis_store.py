@@ -328,3 +328,37 @@ def test_the_vectorised_decode_equals_the_per_value_decode():
     np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
     assert got[len(blobs) // 2 :][:9].tolist() == ints
     assert redis_store.decode_many([]).shape == (0,)
+
+
+def test_the_service_reads_redis_directly_with_the_same_answers(pipeline, redis_server, flushed):
+    """The online predictor on Redis: the direct reader, same lookups and scores as SQLite."""
+    from engage.config import resolve_paths
+    from features.store import materialize_snapshot, open_store_read_only
+    from serving.champions import load_champions
+    from serving.online import OnlinePredictor
+    from tests.conftest import SMALL
+
+    on_redis = (*SMALL, "feast.online_store=redis", f"feast.redis_connection_string={redis_server}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGAGE_DATA_DIR", str(pipeline.data_dir))
+        rparams = load_params(overrides=on_redis)
+        rpaths = resolve_paths(rparams)
+    # Read-only: the shared pipeline's registry and files are not touched.
+    rstore = open_store_read_only(rpaths)
+    assert materialize_snapshot(rstore, max(pipeline.features.snapshots)) > 1000
+
+    champions = load_champions(pipeline.paths, pipeline.params)
+    packed = OnlinePredictor(pipeline.paths, pipeline.params, champions)
+    served = OnlinePredictor(rpaths, rparams, champions, store=rstore)
+    assert isinstance(served._direct[0], redis_store.RedisDirectReader)
+    served.probe()
+
+    snap = pd.read_parquet(pipeline.paths.features_dir / "customer_features")
+    ids = [*sorted(snap[ENTITY_KEY].unique())[::25], "nobody"]
+    (xa, ta), (xb, tb) = packed.lookup(ids), served.lookup(ids)
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ta, tb)
+    assert (
+        packed.predict_ids(ids, explain=True).records()
+        == served.predict_ids(ids, explain=True).records()
+    )
