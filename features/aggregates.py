@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -44,6 +44,7 @@ from features.catalog import (
     TIMESTAMP,
     FeatureSpec,
     feature_specs,
+    money_features,
     stat_columns,
 )
 from features.snapshots import SnapshotSet, features_lock, snapshot_dir, to_utc
@@ -310,6 +311,8 @@ class FeatureBuilder:
         customers_path: Parquet customers, or None to derive first_seen from events.
         memory_limit: DuckDB memory limit (it spills to disk beyond it).
         threads: DuckDB threads; default: every core.
+        unknown_money: the store's purchases have no amounts (``--no-amounts``): the
+            money features (:func:`features.catalog.money_features`) are null, not 0.
 
     """
 
@@ -318,9 +321,16 @@ class FeatureBuilder:
     customers_path: Path | None = None
     memory_limit: str = "6GB"
     threads: int | None = None
+    unknown_money: bool = False
 
     def __post_init__(self) -> None:
         self.specs = feature_specs(self.params)
+        if self.unknown_money:
+            # Null, not 0: a purchase with no recorded amount is not a free purchase.
+            money = set(money_features(self.params))
+            self.specs = [
+                replace(s, sql="NULL", zero=False) if s.name in money else s for s in self.specs
+            ]
         self.sql = build_sql(self.specs)
         self._columns = stat_columns(self.specs)
         check_stats(self._columns, self.params.data.event_types)
@@ -489,6 +499,7 @@ class BuildSummary:
     rows: int
     events: int
     directory: Path
+    unknown_money: bool = False  # built from a store without amounts: money features null
 
 
 def build_features(
@@ -525,12 +536,15 @@ def build_features(
             for longer than ``data.lock_timeout_s``.
 
     """
-    from engage.data.store import reading
+    from engage.data.store import reading, store_flags
 
     timeout = params.data.lock_timeout_s
     with features_lock(out_dir, timeout=timeout):
         with reading(events_path, timeout=timeout):
-            builder = FeatureBuilder(params, events_path, customers_path)
+            unknown_money = store_flags(events_path)["no_amounts"]
+            builder = FeatureBuilder(
+                params, events_path, customers_path, unknown_money=unknown_money
+            )
         snapshots = SnapshotSet(Path(out_dir))
         try:
             times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
@@ -545,7 +559,7 @@ def build_features(
                 if progress:
                     progress(t)
             snapshots.commit(events=str(events_path), events_count=builder.n_events)
-            return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir))
+            return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir), unknown_money)
         except BaseException:
             snapshots.discard()
             raise

@@ -78,3 +78,22 @@ def test_version_and_help_defaults(tmp_path):
     flat = " ".join(done.stdout.replace("│", " ").split())
     assert "[default: 1234 (simulate.customers in params.yaml)]" in flat, flat
     assert "<bool>" not in done.stdout
+
+
+def test_every_option_read_from_params_shows_its_default():
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    def flat(*args: str) -> str:
+        done = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+        assert done.exit_code == 0, done.output
+        return " ".join(done.output.replace("│", " ").split())
+
+    serve = flat("--set", "serving.port=3456", "serve", "--help")
+    assert "Port. [default: 3456 (serving.port in params.yaml)]" in serve
+    assert "[default: 127.0.0.1 (serving.host in params.yaml)]" in serve
+    at_risk = flat("--set", "report.capacity=77", "at-risk", "--help")
+    assert "with --call-list the capacity, report.capacity = 77" in at_risk
+    transitions = flat("transitions", "--help")
+    assert "[default: null (serving.webhook_url in params.yaml)]" in transitions
