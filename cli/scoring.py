@@ -79,8 +79,22 @@ def score_command(
         )
     for name in run.missing:
         console.print(missing_model_note(name, run.undecided), soft_wrap=True)
+    print_range_notes(run)
+
+
+def print_range_notes(run) -> None:
+    """The run's out-of-training-range findings, as notes (kept in the run's metadata).
+
+    Scoring a snapshot later than every training as-of time always meets a few contacts
+    older than any seen in training; trees give them the edge value. A note, not a
+    warning: nothing is wrong with the run, the share says when to retrain.
+    """
     for line in run.warnings:
-        console.print(f"[yellow]warning: {escape(line)}[/yellow]")
+        console.print(
+            f"[yellow]note:[/yellow] {escape(line)} (trees hold their edge value there; "
+            "a growing share says: retrain)",
+            soft_wrap=True,
+        )
 
 
 def missing_model_note(name: str, undecided: int) -> str:

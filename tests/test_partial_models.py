@@ -147,3 +147,15 @@ def test_a_champion_of_other_data_is_replaced_not_compared(without):
     assert decision.alias == CHAMPION and decision.champion_version == version
     assert f"champion v{version} was trained on other data ({origin};" in decision.reason
     assert "ingest at 2026-12-01" in decision.reason
+
+
+def test_a_model_left_without_champion_is_trained_again_even_on_identical_data(without):
+    """A training killed between registration and the gate leaves a version, no alias."""
+    from monitoring.retrain import training_plan
+
+    params, paths = without("churn")
+    plan = {d.model: d for d in training_plan(paths, params)}
+    assert plan["churn"].train and plan["churn"].reason == "no champion yet"
+    # The other model's champion was trained on these events with these parameters.
+    assert not plan["appetence"].train
+    assert "trained on these events with these parameters" in plan["appetence"].reason
