@@ -8,6 +8,7 @@ defined here; :mod:`cli.main` imports them all.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -63,6 +64,11 @@ def quiet_libraries() -> None:
     """
     for category, message in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    # Batch scoring logs each run's findings for library users; the commands print the
+    # same findings from the run they get back, so Python's last-resort handler would
+    # print every one twice.
+    logging.getLogger("serving.scoring").addHandler(logging.NullHandler())
+    logging.getLogger("serving.scoring").propagate = False
     shown = warnings.showwarning
     if getattr(shown, "_engage_quiet", False):
         return

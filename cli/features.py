@@ -50,6 +50,15 @@ def build_features(c: Context, as_of: list[str] | None) -> None:
         fail(str(err))
     from features.coverage import store_coverage
 
+    if summary.unknown_money:
+        from features.catalog import money_features
+
+        console.print(
+            "[yellow]note:[/yellow] the events have no amounts (ingested with --no-amounts): "
+            f"{', '.join(money_features(c.params))} are unknown (null) for every contact, "
+            "and CLV and value at risk are unknown (the at-risk list ranks by p_churn)",
+            soft_wrap=True,
+        )
     empty = store_coverage(c.paths.events, c.params).to_text()
     if empty:
         console.print(f"[yellow]note:[/yellow] {lit(empty)}", soft_wrap=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from cli.app import Context, app, context, fail, step
 from cli.data import simulate
@@ -25,13 +24,14 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
     The report then shows a stage trend and the last move, and the stability rule of
     the index has a previous run to compare with.
     """
+    from cli.scoring import print_range_notes
     from engage.locks import StoreBusyError
     from features.snapshots import list_snapshots
     from serving.scoring import score
 
     snaps = list_snapshots(c.paths.features_dir)
     targets = [s.as_of for s in snaps[-runs:]]
-    for as_of in targets:
+    for i, as_of in enumerate(targets):
         try:
             run_ = score(c.paths, c.params, as_of=as_of)
         except (FileNotFoundError, LookupError, ValueError, StoreBusyError) as err:
@@ -40,8 +40,9 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
             f"run {lit(run_.run_id)}: {run_.rows:,} contacts as of {run_.as_of:%Y-%m-%d}, "
             f"stages {lit(run_.stages)}, {run_.lapsed:,} lapsed customers (win-back list)"
         )
-        for line in run_.warnings:
-            console.print(f"[yellow]warning: {escape(line)}[/yellow]")
+        if i == len(targets) - 1:
+            # The latest run's findings; the earlier runs keep theirs in their metadata.
+            print_range_notes(run_)
 
 
 def write_report(c: Context, out: Path | None = None) -> Path:

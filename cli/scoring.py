@@ -13,12 +13,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.app import app, context, fail
+from cli.help import default_from
 from cli.ui import console, lit, progress
 from engage.specs import MODEL_NAMES, model_spec
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.1%}"
+
+
+def _money(x: float | None, fmt: str) -> str:
+    # NaN: the data has no amounts (ingested with --no-amounts).
+    return "unknown" if x is None or x != x else fmt.format(x)
 
 
 # ---------------------------------------------------------------------------- score
@@ -71,8 +77,42 @@ def score_command(
             f"labels.churn_active_within_days={c.params.labels.churn_active_within_days}) "
             "are scored but listed apart: `engage at-risk --win-back`"
         )
+    for name in run.missing:
+        console.print(missing_model_note(name, run.undecided), soft_wrap=True)
+    print_range_notes(run)
+
+
+def print_range_notes(run) -> None:
+    """The run's out-of-training-range findings, as notes (kept in the run's metadata).
+
+    Scoring a snapshot later than every training as-of time always meets a few contacts
+    older than any seen in training; trees give them the edge value. A note, not a
+    warning: nothing is wrong with the run, the share says when to retrain.
+    """
     for line in run.warnings:
-        console.print(f"[yellow]warning: {escape(line)}[/yellow]")
+        console.print(
+            f"[yellow]note:[/yellow] {escape(line)} (trees hold their edge value there; "
+            "a growing share says: retrain)",
+            soft_wrap=True,
+        )
+
+
+def missing_model_note(name: str, undecided: int) -> str:
+    """What a run scored without model ``name`` lacks, in the words of the index."""
+    spec = model_spec(name)
+    half, stages = (
+        ("customers", "Retention / Exit") if spec.half else ("prospects", "Nurture / Purchase")
+    )
+    lacks = (
+        "p_churn, value at risk and the at-risk list"
+        if name == "churn"
+        else "p_purchase and the lead list"
+    )
+    return (
+        f"[bold yellow]note:[/bold yellow] no {name} model: the index's {half} half "
+        f"({stages}) is missing, {undecided:,} {half} were left out of this run, and it has "
+        f"no {lacks} (`engage train --model {name}` when the data supports one)"
+    )
 
 
 # Options shared by the list commands (at-risk, leads).
@@ -91,7 +131,12 @@ def at_risk_command(
     ctx: typer.Context,
     top: Annotated[
         int | None,
-        typer.Option("--top", help="Number of customers (default 20; the capacity).", min=1),
+        typer.Option(
+            "--top",
+            help="Number of customers (default 20; with --call-list the capacity, "
+            "report.capacity = {list:report.capacity}).",
+            min=1,
+        ),
     ] = None,
     segment: Annotated[
         str | None, typer.Option("--segment", help="Only this lifecycle segment.")
@@ -148,8 +193,11 @@ def at_risk_command(
     else:
         what = "customers to call" if call_list else "at-risk customers"
     title = f"top {len(frame)} {what}, run {lit(info.run_id)} ({info.as_of:%Y-%m-%d})"
-    if len(frame):
+    unknown = int(frame["value_at_risk"].isna().sum())
+    if len(frame) > unknown:
         title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"
+    if unknown:
+        title += f" ({unknown} of unknown value: no amounts in the data, ranked by p_churn)"
     table = Table(title=title, show_lines=True)
     for col, justify in (
         ("customer", "left"),
@@ -167,7 +215,7 @@ def at_risk_command(
             f"{row.p_churn:.2f}",
             lit(row.stage),
             lit(row.segment),
-            f"{row.value_at_risk:,.0f}",
+            _money(row.value_at_risk, "{:,.0f}"),
             lit("\n".join(f"- {r}" for r in row.reasons)),
             lit(row.action),
         )
@@ -279,7 +327,9 @@ def transitions_command(
     ] = None,
     webhook: Annotated[
         str | None,
-        typer.Option("--webhook", help="POST the changes here (default: serving.webhook_url)."),
+        typer.Option(
+            "--webhook", help=f"POST the changes here. {default_from('serving.webhook_url')}"
+        ),
     ] = None,
     post: Annotated[
         bool, typer.Option("--post/--no-post", help="POST to the webhook when one is set.")
@@ -329,7 +379,7 @@ def transitions_command(
                 lit(f"{r.from_segment} -> {r.to_segment}"),
                 "-" if r.p_churn != r.p_churn else f"{r.p_churn:.2f}",
                 f"{r.p_purchase:.2f}",
-                f"{r.value_at_risk:,.2f}",
+                _money(r.value_at_risk, "{:,.2f}"),
             )
         console.print(table)
     if not post or not url:

@@ -31,6 +31,7 @@ import yaml
 from rich.markup import escape
 
 from cli.app import Context, app, context, fail
+from cli.help import default_from
 from cli.ui import console
 
 
@@ -84,11 +85,11 @@ def serve_env(c: Context, now: str | None = None, workers: int | None = None) ->
 def serve_command(
     ctx: typer.Context,
     host: Annotated[
-        str | None, typer.Option(help="Interface to bind (default: serving.host, 127.0.0.1).")
+        str | None, typer.Option(help=f"Interface to bind. {default_from('serving.host')}")
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="Port (default: serving.port).", min=1, max=65535),
+        typer.Option(help=f"Port. {default_from('serving.port')}", min=1, max=65535),
     ] = None,
     now: Annotated[
         str | None,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -45,6 +45,7 @@ from features.catalog import (
     TIMESTAMP,
     FeatureSpec,
     feature_specs,
+    money_features,
     stat_columns,
 )
 from features.snapshots import SnapshotSet, features_lock, snapshot_dir, to_utc
@@ -127,6 +128,20 @@ def _window(stat: str) -> tuple[str, int] | None:
     """``("n", 30)`` for ``n_30``; None for an all-time statistic."""
     kind, _, days = stat.partition("_")
     return (kind, int(days)) if kind in ("n", "s") and days.isdigit() else None
+
+
+def build_specs(params: Params, unknown_money: bool = False) -> list[FeatureSpec]:
+    """The catalog's features as a build computes them (the DuckDB and Spark builds).
+
+    With ``unknown_money`` (a store ingested with ``--no-amounts``) the money features
+    (:func:`features.catalog.money_features`) are null, not 0: a purchase with no
+    recorded amount is not a free purchase.
+    """
+    specs = feature_specs(params)
+    if not unknown_money:
+        return specs
+    money = set(money_features(params))
+    return [replace(s, sql="NULL", zero=False) if s.name in money else s for s in specs]
 
 
 def check_stats(columns: Sequence[tuple[str, str]], event_types: Sequence[str]) -> None:
@@ -311,6 +326,8 @@ class FeatureBuilder:
         customers_path: Parquet customers, or None to derive first_seen from events.
         memory_limit: DuckDB memory limit (it spills to disk beyond it).
         threads: DuckDB threads; default: every core.
+        unknown_money: the store's purchases have no amounts (``--no-amounts``): the
+            money features (:func:`features.catalog.money_features`) are null, not 0.
 
     """
 
@@ -319,9 +336,10 @@ class FeatureBuilder:
     customers_path: Path | None = None
     memory_limit: str = "6GB"
     threads: int | None = None
+    unknown_money: bool = False
 
     def __post_init__(self) -> None:
-        self.specs = feature_specs(self.params)
+        self.specs = build_specs(self.params, self.unknown_money)
         self.sql = build_sql(self.specs)
         self._columns = stat_columns(self.specs)
         check_stats(self._columns, self.params.data.event_types)
@@ -497,6 +515,7 @@ class BuildSummary:
     rows: int
     events: int
     directory: Path
+    unknown_money: bool = False  # built from a store without amounts: money features null
 
 
 def build_features(
@@ -539,20 +558,28 @@ def build_features(
             for longer than ``data.lock_timeout_s``.
 
     """
-    from engage.data.store import reading
+    from engage.data.store import reading, store_flags
 
     timeout = params.data.lock_timeout_s
     spark = params.compute.engine == "spark"
     with features_lock(out_dir, timeout=timeout), contextlib.ExitStack() as events_lock:
         events_lock.enter_context(reading(events_path, timeout=timeout))
+        unknown_money = store_flags(events_path)["no_amounts"]
         if spark:  # Spark reads the events lazily, during the job: keep the lock throughout
             from features.spark_build import SparkFeatureBuilder
 
             builder = SparkFeatureBuilder(
-                params, events_path, customers_path, Path(out_dir) / ".spark_staging", session
+                params,
+                events_path,
+                customers_path,
+                Path(out_dir) / ".spark_staging",
+                session,
+                unknown_money=unknown_money,
             )
         else:
-            builder = FeatureBuilder(params, events_path, customers_path)
+            builder = FeatureBuilder(
+                params, events_path, customers_path, unknown_money=unknown_money
+            )
             events_lock.close()
         snapshots = SnapshotSet(Path(out_dir))
         try:
@@ -566,7 +593,7 @@ def build_features(
                 if progress:
                     progress(t)
             snapshots.commit(events=str(events_path), events_count=builder.n_events)
-            return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir))
+            return BuildSummary(times, rows, builder.n_events, snapshot_dir(out_dir), unknown_money)
         except BaseException:
             snapshots.discard()
             raise

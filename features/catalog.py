@@ -539,6 +539,20 @@ def _number(v: float) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
 
 
+def money_features(params: Params) -> list[str]:
+    """The features computed from the conversion event's amounts (revenue, order value).
+
+    A store ingested with ``--no-amounts`` has purchases without a value: these features
+    are then unknown (null) for every contact, not zero.
+    """
+    amount_units = {"amount", params.data.value_units.get(params.data.conversion_event)} - {None}
+    return [
+        s.name
+        for s in feature_specs(params)
+        if s.unit in amount_units or s.unit == "amount_per_period"
+    ]
+
+
 def value_rules(params: Params) -> dict[str, ValueRule]:
     """The allowed range of every model input, derived from the catalog's units.
 

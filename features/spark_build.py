@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Params, SparkParams
-from features.aggregates import TOTAL_STATS, _window, check_stats, snapshot_times
+from features.aggregates import TOTAL_STATS, _window, build_specs, check_stats, snapshot_times
 from features.catalog import (
     CREATED,
     DAY_US,
@@ -53,7 +53,6 @@ from features.catalog import (
     SNAPSHOT_TIME,
     TIMESTAMP,
     FeatureSpec,
-    feature_specs,
     stat_columns,
 )
 from features.snapshots import to_utc
@@ -218,6 +217,7 @@ class SparkFeatureBuilder:
         staging_dir: where Spark writes the snapshots before they are committed (a
             folder the driver can read; removed by :meth:`close`).
         session: an existing SparkSession (tests share one); default: from ``params``.
+        unknown_money: the store has no amounts: money features null (as in DuckDB).
 
     """
 
@@ -226,10 +226,11 @@ class SparkFeatureBuilder:
     customers_path: Path | None
     staging_dir: Path
     session: SparkSession | None = None
+    unknown_money: bool = False
     _owns_session: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.specs = feature_specs(self.params)
+        self.specs = build_specs(self.params, self.unknown_money)
         self._columns = stat_columns(self.specs)
         check_stats(self._columns, self.params.data.event_types)
         if not Path(self.events_path).exists():

@@ -26,6 +26,7 @@ import pandas as pd
 from engage.specs import ModelSpec
 from features.catalog import ENTITY_KEY
 from features.snapshots import to_utc
+from serving.value import rank_by_value_at_risk
 from training.evaluate import probability_metrics
 from training.labels import LABEL, labelable
 
@@ -164,7 +165,7 @@ def at_risk_hits(scores: pd.DataFrame, labels: pd.DataFrame, top: int) -> dict[s
     if top < 1:
         raise ValueError(f"at-risk top must be at least 1, got {top}")
     customers = scores[scores["has_purchased"] == 1]
-    listed = customers.nlargest(top, "value_at_risk", keep="first")
+    listed = rank_by_value_at_risk(customers).head(top)
     y = labels.set_index(ENTITY_KEY)[LABEL]
     realised = y.reindex(listed[ENTITY_KEY]).to_numpy()
     has_label = ~np.isnan(realised.astype("float64"))

@@ -2,12 +2,13 @@
 
 ``engage retrain`` = features build, train, score, monitor. It must be idempotent: on
 unchanged events and parameters a second call registers no new model version and writes
-no new scoring run. Training is skipped for a model when its champion, or its latest
-version (a challenger the gate kept out), was trained on events with the same
-``data_fingerprint`` and with the same ``params_fingerprint``
+no new scoring run. Training is skipped for a model that has a champion when that
+champion, or its latest version (a challenger the gate kept out), was trained on events
+with the same ``data_fingerprint`` and with the same ``params_fingerprint``
 (:mod:`training.fingerprint`): ``engage train`` itself always registers a new version,
 which the gate then promotes on identical data, since the new model scores as well as
-the old one.
+the old one. A model without a champion (never trained, or a training killed between
+registration and the gate) is always trained.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def training_plan(paths: Paths, params: Params, force: bool = False) -> list[Tra
         if force:
             out.append(TrainDecision(model, True, "--force"))
             continue
-        candidates = [alias_version(client, model, CHAMPION), latest_version(paths, model)]
-        versions = list(dict.fromkeys(v for v in candidates if v is not None))
-        if not versions:
-            out.append(TrainDecision(model, True, "no model yet"))
+        champion = alias_version(client, model, CHAMPION)
+        if champion is None:
+            # A version without the alias (a training killed before the gate) serves
+            # nothing: train, or the model would stay without a champion.
+            out.append(TrainDecision(model, True, "no champion yet"))
             continue
+        latest = latest_version(paths, model)
+        versions = [v for v in dict.fromkeys([champion, latest]) if v is not None]
         why = []
         for v in versions:
             reason = compare(version_run(paths, model, v).tags, data_fp, params_fp)

@@ -44,7 +44,8 @@ class Headline:
 
 def _calls(paths: Paths, capacity: int, run_id: str) -> tuple[int, float]:
     _, frame = call_list(paths, capacity, run_id)
-    return len(frame), float(frame["value_at_risk"].sum())
+    # NaN when every value is unknown (data without amounts), never a made-up 0.
+    return len(frame), float(frame["value_at_risk"].sum(min_count=1))
 
 
 def headline(paths: Paths, params: Params, run_id: str | None = None) -> Headline:

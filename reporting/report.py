@@ -99,12 +99,15 @@ def _note(text: str) -> str:
 
 
 def _money(v: float, currency: str) -> str:
-    return f"{v:,.0f} {currency}"
+    # NaN: the data has no amounts (ingested with --no-amounts).
+    return "unknown" if v != v else f"{v:,.0f} {currency}"
 
 
 def _delta(now: float, before: float | None, money: str | None = None) -> str:
     if before is None:
         return "first run: nothing to compare with"
+    if now != now or before != before:
+        return "unknown (no amounts)"
     d = now - before
     if d == 0:
         return "no change since the last run"

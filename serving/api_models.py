@@ -218,15 +218,19 @@ class _Scores(_Response):
         ),
         examples=["Hero"],
     )
-    clv: float = Field(
+    clv: float | None = Field(
         description=(
             "Customer lifetime value: average order value x purchases per year x "
-            "value.lifespan_years; 0 for a prospect and for an unknown customer."
+            "value.lifespan_years; 0 for a prospect and for an unknown customer; null "
+            "when the customer's order value is unknown (data ingested without amounts)."
         ),
         examples=[1250.0],
     )
-    value_at_risk: float = Field(
-        description="p_churn x CLV; 0 for a prospect and for an unknown customer.",
+    value_at_risk: float | None = Field(
+        description=(
+            "p_churn x CLV; 0 for a prospect and for an unknown customer; null when the "
+            "CLV is unknown."
+        ),
         examples=[800.0],
     )
     lapsed: bool = Field(
@@ -364,8 +368,14 @@ class AtRiskContact(_Response):
     p_churn: float = Field(description="Calibrated churn probability.", examples=[0.71])
     stage: Stage = Field(description="Stage on the dial (Retention or Exit).", examples=["Exit"])
     segment: Segment = Field(description="Lifecycle segment.", examples=["Hero"])
-    clv: float = Field(description="Customer lifetime value.", examples=[1400.0])
-    value_at_risk: float = Field(description="p_churn x CLV.", examples=[994.0])
+    clv: float | None = Field(
+        description="Customer lifetime value (null: unknown, data without amounts).",
+        examples=[1400.0],
+    )
+    value_at_risk: float | None = Field(
+        description="p_churn x CLV (null: unknown; such customers follow, by p_churn).",
+        examples=[994.0],
+    )
     lapsed: bool = Field(
         description=(
             "True for a customer without activity within labels.churn_active_within_days "

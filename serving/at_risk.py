@@ -42,6 +42,7 @@ from serving.segments import (
     WAITING,
     normalise_segment,
 )
+from serving.value import rank_by_value_at_risk
 
 MAX_LIMIT = 1000  # most contacts one /at_risk answer lists (the cache keeps this many)
 
@@ -114,7 +115,8 @@ def at_risk_list(
     Raises:
         ValueError: unknown segment or stage (the message lists the valid ones) or
             top < 1.
-        LookupError: no scoring run, or an unknown run id.
+        LookupError: no scoring run, an unknown run id, or a run scored without a
+            churn model.
 
     """
     if top < 1:
@@ -124,6 +126,7 @@ def at_risk_list(
         raise ValueError(f"stage must be {RETENTION} or {EXIT} (customers), got {stage!r}")
     columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
     info = find_run(paths, run_id)
+    info.require("churn", "at-risk list")
     extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
     _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
     runs["lapsed"] = lapsed(runs)
@@ -132,7 +135,7 @@ def at_risk_list(
         keep &= runs["segment"] == wanted
     if stage is not None:
         keep &= runs["stage"] == stage
-    picked = runs.loc[keep].nlargest(top, "value_at_risk", keep="first")
+    picked = rank_by_value_at_risk(runs.loc[keep]).head(top)
     # Read the reasons only for the rows shown: at 1M contacts they dominate the file.
     reasons = reasons_of(info, picked.index.to_numpy())
     out = picked.drop(columns="has_purchased").reset_index(drop=True)
@@ -262,10 +265,13 @@ class AtRiskCache:
                     self._build(key)
                 self._checked = now
             info, rows = self._info, self._lists.get((win_back, wanted), [])
-        # Sorted by value at risk, so the kept contacts are a prefix of the list.
+        # Sorted by value at risk (unknown values last), so the kept contacts are a
+        # prefix of the list; an unknown value meets only a minimum of 0.
         picked = []
         for row in rows:
-            if len(picked) == limit or row["value_at_risk"] < min_value_at_risk:
+            value = row["value_at_risk"]
+            below = min_value_at_risk > 0 if value is None else value < min_value_at_risk
+            if len(picked) == limit or below:
                 break
             picked.append(row)
         return info, picked
@@ -277,7 +283,7 @@ class AtRiskCache:
         _, runs = read_run(self.paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
         runs["lapsed"] = lapsed(runs)
         customers = runs.loc[runs["has_purchased"] == 1].drop(columns="has_purchased")
-        ranked = customers.sort_values("value_at_risk", ascending=False, kind="stable")
+        ranked = rank_by_value_at_risk(customers)
         tops: dict[tuple[bool, str | None], pd.DataFrame] = {}
         for flag, part in ranked.groupby("lapsed", sort=False):
             tops[(bool(flag), None)] = part.head(self.depth)

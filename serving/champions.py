@@ -37,6 +37,15 @@ class Champions:
         return self.models[name]
 
     @property
+    def missing(self) -> tuple[str, ...]:
+        """The models of the product with no champion here (in :data:`MODEL_NAMES` order)."""
+        return tuple(m for m in MODEL_NAMES if m not in self.models)
+
+    def decides(self, half: int) -> bool:
+        """Whether the model deciding the stages of ``half`` (0 prospects, 1 customers) is here."""
+        return any(MODEL_SPECS[m].half == half for m in self.models)
+
+    @property
     def features(self) -> list[str]:
         """Union of every model's inputs, in a stable order."""
         return list(dict.fromkeys(f for m in self.models.values() for f in m.features))
@@ -62,17 +71,34 @@ def check_trained_for(champions: Champions, params: Params) -> None:
         )
 
 
-def load_champions(paths: Paths, params: Params) -> Champions:
+def load_champions(paths: Paths, params: Params, allow_missing: bool = False) -> Champions:
     """Load the champion of every model from the MLflow registry and check it.
 
+    Args:
+        paths: resolved locations (the MLflow store).
+        params: the parsed params.yaml (checked against what each model was trained for).
+        allow_missing: load the models that have a champion and leave out the ones that
+            were never trained (:attr:`Champions.missing`); at least one must exist.
+
     Raises:
-        LookupError: a model has no champion (train first).
+        LookupError: a model has no champion (train first), or with ``allow_missing``
+            none has; an unreadable store is always an error.
         ModelMismatchError: ``params`` contradict what a champion was trained for.
 
     """
-    from training.registry import load_model
+    from training.registry import NoChampion, load_model
 
-    loaded = {m: load_model(paths, m) for m in MODEL_NAMES}
+    loaded = {}
+    absent = []
+    for m in MODEL_NAMES:
+        try:
+            loaded[m] = load_model(paths, m)
+        except NoChampion as err:
+            if not allow_missing:
+                raise
+            absent.append(str(err))
+    if not loaded:
+        raise LookupError("no champion model at all:\n  " + "\n  ".join(absent))
     champions = Champions(
         models={m: model for m, (model, _) in loaded.items()},
         versions={m: str(v) for m, (_, v) in loaded.items()},

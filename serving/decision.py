@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engage.config import Params
-from engage.specs import MODEL_SPECS
+from engage.specs import MODEL_SPECS, deciding_spec
 from serving.champions import Champions
 from serving.explain import Explainer, Reasons
 from serving.index import dial_in_quadrant, index_arrays, stabilise
@@ -131,6 +131,12 @@ class Decisions:
         return len(self.has_purchased)
 
 
+def decidable_rows(X: np.ndarray, layout: Layout, champions: Champions) -> np.ndarray:
+    """Boolean mask of the rows whose half has its deciding model among ``champions``."""
+    half = X[:, layout.columns[HALF]]
+    return np.isin(half, [h for h in (0.0, 1.0) if champions.decides(int(h))])
+
+
 def decide(
     X: np.ndarray,
     layout: Layout,
@@ -157,7 +163,9 @@ def decide(
         previous_runs: runs spent in that previous stage (0 = unknown).
 
     Raises:
-        DecisionInputError: ``has_purchased`` is not 0 or 1 in some row.
+        DecisionInputError: ``has_purchased`` is not 0 or 1 in some row, or rows of a
+            half whose deciding model is not among ``champions`` (see
+            :func:`decidable_rows`).
         ValueError: a probability outside [0, 1] (a broken model), or previous stages
             that do not match the rows.
 
@@ -170,11 +178,18 @@ def decide(
             f"{HALF} must be 0 or 1 ({len(bad)} row(s), e.g. rows {bad[:10].tolist()})"
         )
     customer = half == 1.0
+    for h in (0, 1):
+        if not champions.decides(h) and (undecided := int((half == h).sum())):
+            spec = deciding_spec(h)
+            raise DecisionInputError(
+                f"no {spec.name} model: {undecided} row(s) of its half cannot be decided "
+                f"(train it, or leave these rows out)"
+            )
     probabilities = {}
     for name, spec in MODEL_SPECS.items():
         p = np.full(n, np.nan)
         rows = np.ones(n, dtype=bool) if spec.scores_everyone else half == spec.half
-        if rows.any():
+        if name in champions.models and rows.any():
             x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
             p[rows] = champions[name].proba_matrix(x)
         probabilities[spec.probability] = p
@@ -210,7 +225,7 @@ def decide(
         reasons = {}
         for name, spec in MODEL_SPECS.items():
             rows = np.flatnonzero(half == spec.half)
-            if len(rows):
+            if len(rows) and name in champions.models:
                 x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
                 reasons[name] = (rows, explainers[name].reasons_matrix(x, top_k))
     return Decisions(

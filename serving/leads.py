@@ -204,12 +204,14 @@ def lead_list(
 
     Raises:
         ValueError: top < 1, or a bad ``leads.mql_segments``.
-        LookupError: no scoring run, or an unknown run id.
+        LookupError: no scoring run, an unknown run id, or a run scored without an
+            appetence model.
 
     """
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     info = find_run(paths, run_id)
+    info.require("appetence", "lead list")
     extra = ["stage_runs"] if "stage_runs" in pq.read_schema(info.path).names else []
     _, scores = read_run(paths, info.run_id, columns=[*_COLUMNS, *extra])
     q = qualify(scores, params)

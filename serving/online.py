@@ -123,8 +123,8 @@ class Scored:
                     "engagement_score": _opt(self.engagement_score[i]),
                     "dial_position": _opt(self.dial_position[i]),
                     "segment": self.segment[i],
-                    "clv": float(self.clv[i]),
-                    "value_at_risk": float(self.value_at_risk[i]),
+                    "clv": _opt(self.clv[i]),
+                    "value_at_risk": _opt(self.value_at_risk[i]),
                     "lapsed": bool(self.lapsed[i]) if self.lapsed is not None else False,
                     "reasons": None if self.reasons is None else self.reasons[i],
                 }

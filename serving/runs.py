@@ -157,6 +157,21 @@ class RunInfo:
         }
 
     checks: dict[str, Any] = field(default_factory=dict)
+    missing_models: tuple[str, ...] = ()
+
+    def require(self, model: str, what: str) -> None:
+        """Refuse ``what`` (e.g. "an at-risk list") when the run had no ``model`` champion.
+
+        Raises:
+            LookupError: the run left that model's half of the index undecided.
+
+        """
+        if model in self.missing_models:
+            article = "an" if model[0] in "aeiou" else "a"
+            raise LookupError(
+                f"run {self.run_id} was scored without {article} {model} model, so it has no "
+                f"{what}: train one (`engage train --model {model}`) and score again"
+            )
 
 
 def run_info(path: Path) -> RunInfo:
@@ -180,6 +195,7 @@ def run_info(path: Path) -> RunInfo:
         versions=m["versions"],
         trained_for=m.get("trained_for") or {},
         checks=json.loads(meta[CHECKS_KEY]) if CHECKS_KEY in meta else {},
+        missing_models=tuple(m.get("missing_models") or ()),
     )
 
 

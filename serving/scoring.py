@@ -40,7 +40,7 @@ from engage.specs import MODEL_SPECS
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from features.snapshots import features_lock, pick_snapshot, to_utc
 from serving.champions import Champions, load_champions, make_explainers, typical_by_half
-from serving.decision import HALF, Decisions, Layout, decide
+from serving.decision import HALF, Decisions, Layout, decidable_rows, decide
 from serving.explain import REASON_TYPE, Explainer
 from serving.index import STAGES
 from serving.runs import SCHEMA, check_run_id, previous_stages, run_path, run_writer
@@ -201,6 +201,9 @@ class ScoreRun:
         scored: per model, the rows it scored.
         warnings: one line per model and feature whose out-of-range share reaches
             ``scoring.range_warning_share`` (also logged and kept in the run's metadata).
+        missing: the models with no champion (their half of the index is not decided).
+        undecided: the snapshot's contacts of that half, left out of the run (counted
+            in its metadata, never written with a made-up stage).
 
     """
 
@@ -218,6 +221,8 @@ class ScoreRun:
     out_of_range: dict[str, dict[str, int]] = field(default_factory=dict)
     scored: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    undecided: int = 0
 
 
 class RangeCheck:
@@ -303,7 +308,8 @@ def score(
 
     Raises:
         FileNotFoundError: no snapshot.
-        LookupError: no champion model.
+        LookupError: no champion model at all (with only some, the half of the index
+            they decide is scored and :attr:`ScoreRun.missing` names the others).
         ValueError: a bad run id, missing features, invalid probabilities, or params
             that contradict what a champion was trained for.
         engage.locks.StoreBusyError: a features build, or another run with this id,
@@ -334,7 +340,7 @@ def _score(
 
         # A batch command may write: a copied or moved store follows its folder first.
         relocate_artifacts(paths)
-        champions = load_champions(paths, params)
+        champions = load_champions(paths, params, allow_missing=True)
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
     run_id = run_id or default_run_id(
@@ -363,16 +369,18 @@ def _score(
         # What the models answer (horizon, label rule): the monitor labels the run with it.
         "trained_for": {m: model.trained_for for m, model in champions.models.items()},
         "previous_run": previous.run.run_id if previous.run else None,
+        "missing_models": list(champions.missing),
     }
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)
-    done = lapsed = 0
+    done = lapsed = undecided = 0
     check = RangeCheck(champions, layout)
 
     def extra_meta() -> dict:
         # Written into the file's metadata once every batch is counted.
         return {
             "lapsed": lapsed,
+            "undecided": undecided,
             "out_of_range": check.counts,
             "scored": check.rows,
             "warnings": check.warnings(params.scoring.range_warning_share),
@@ -382,6 +390,11 @@ def _score(
         for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
             frame = batch.to_pandas()
             X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
+            if champions.missing:
+                # A half without its deciding model is counted, not scored.
+                keep = decidable_rows(X, layout, champions)
+                undecided += int((~keep).sum())
+                frame, X = frame[keep], X[keep]
             before, before_runs = previous.lookup(frame[ENTITY_KEY].to_numpy())
             d = decide(
                 X,
@@ -404,7 +417,7 @@ def _score(
             lapsed += int(d.lapsed.sum())
             done += len(frame)
             if progress:
-                progress(done, total)
+                progress(done + undecided, total)
     warnings = check.warnings(params.scoring.range_warning_share)
     for line in warnings:
         logger.warning("run %s: %s", run_id, line)
@@ -423,4 +436,6 @@ def _score(
         out_of_range=check.counts,
         scored=check.rows,
         warnings=warnings,
+        missing=list(champions.missing),
+        undecided=undecided,
     )

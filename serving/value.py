@@ -9,7 +9,9 @@ Purchases per year (``value.frequency``):
 - ``mean_gap``: 365.25 / mean days between two purchases, falling back to
   ``purchases_365d`` for a customer with a single purchase (no gap yet).
 
-A prospect (no purchase) has no observed value: CLV 0, value at risk 0. The worked
+A prospect (no purchase) has no observed value: CLV 0, value at risk 0. A customer
+whose average order value is unknown (a store ingested with ``--no-amounts``: the money
+features are null) has an unknown CLV and value at risk: NaN, never a made-up 0. The worked
 example of docs/DOMAIN.md#customer-lifetime-value-clv-and-value-at-risk: 100 $ a
 purchase, 12 purchases a year, 1 year gives 1,200 $ (tests/test_docs.py checks it).
 """
@@ -54,7 +56,7 @@ def purchase_frequency(features: pd.DataFrame, params: ValueParams) -> np.ndarra
 def value_arrays(
     col: Callable[[str], np.ndarray], p_churn: np.ndarray, params: ValueParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CLV and value at risk per row (0 for prospects, never NaN).
+    """CLV and value at risk per row (0 for prospects, NaN for a customer of unknown value).
 
     Args:
         col: gives the float64 values (NaN = missing) of a column of :data:`REQUIRED`.
@@ -69,7 +71,8 @@ def value_arrays(
     q = np.asarray(p_churn, dtype="float64").reshape(-1)
     if len(q) != len(customer):
         raise ValueError(f"value: {len(customer)} feature rows but {len(q)} p_churn values")
-    aov = np.nan_to_num(col("avg_order_value"), nan=0.0)
+    # NaN average order value = unknown amounts: the customer's value stays unknown.
+    aov = col("avg_order_value")
     clv = np.where(customer, aov * _frequency(col, params) * params.lifespan_years, 0.0)
     at_risk = np.where(customer, np.nan_to_num(q, nan=0.0) * clv, 0.0)
     return clv, at_risk
@@ -86,7 +89,8 @@ def customer_value(
         params: ``value`` section of params.yaml.
 
     Returns:
-        A frame with columns ``clv`` and ``value_at_risk`` (0 for prospects, never NaN).
+        A frame with columns ``clv`` and ``value_at_risk`` (0 for prospects, NaN for a
+        customer whose order value is unknown).
 
     Raises:
         ValueError: a required column is missing, or lengths differ.
@@ -94,3 +98,16 @@ def customer_value(
     """
     clv, at_risk = value_arrays(_frame_column(features), p_churn, params)
     return pd.DataFrame({"clv": clv, "value_at_risk": at_risk}, index=features.index)
+
+
+def rank_by_value_at_risk(customers: pd.DataFrame) -> pd.DataFrame:
+    """``customers`` ordered for an at-risk list: value at risk, highest first.
+
+    Customers whose value is unknown (NaN: data without amounts) follow the valued ones,
+    by ``p_churn`` highest first, so a store without amounts still gets a list by risk.
+    Ties keep the input order (stable), so the list is the same on every call.
+    """
+    unknown = customers["value_at_risk"].isna()
+    known = customers.loc[~unknown].sort_values("value_at_risk", ascending=False, kind="stable")
+    rest = customers.loc[unknown].sort_values("p_churn", ascending=False, kind="stable")
+    return pd.concat([known, rest]) if len(rest) else known

@@ -59,6 +59,23 @@ def pipeline(tmp_path_factory) -> Pipeline:
             os.environ["ENGAGE_DATA_DIR"] = old
 
 
+@pytest.fixture()
+def scratch(pipeline, tmp_path):
+    """A copy of the pipeline's data dir (``ENGAGE_DATA_DIR`` points at it meanwhile).
+
+    For tests that register new versions, drop champions or otherwise change stores
+    that the other tests share.
+    """
+    import shutil
+
+    target = tmp_path / "data"
+    shutil.copytree(pipeline.data_dir, target)
+    old = os.environ["ENGAGE_DATA_DIR"]
+    os.environ["ENGAGE_DATA_DIR"] = str(target)
+    yield target
+    os.environ["ENGAGE_DATA_DIR"] = old
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that needs the trained pipeline is ``slow``, whatever its file says.
 

@@ -15,7 +15,7 @@ from engage.data.mapping import (
     parse_event_mapping,
     read_mapping_file,
 )
-from engage.data.store import demo_origin, read_log, store_flags
+from engage.data.store import demo_origin, read_log, store_flags, store_origin
 
 NOW = pd.Timestamp("2025-06-01 12:00", tz="UTC")
 
@@ -290,17 +290,22 @@ def test_an_ingest_replaces_the_demo_data_unless_append(tmp_path, data_dir):
     )
     assert code == 0, out
     assert demo_origin(data_dir / "events.parquet")["command"] == "simulate"
+    demo = store_origin(data_dir / "events.parquet")
+    assert demo.startswith("simulate at ")
     mine = tmp_path / "mine.csv"
     mine.write_text("customer_id,event_time,event_type\nme,2025-01-02T00:00:00Z,web_visit\n")
     code, out = engage("data", "ingest", str(mine), "--append")
     assert code == 0 and len(read_events(data_dir / "events.parquet")) > 1
     assert demo_origin(data_dir / "events.parquet") is not None  # still demo + mine
+    assert store_origin(data_dir / "events.parquet") == demo  # models stay comparable
     code, out = engage("data", "ingest", str(mine))
     assert code == 0, out
     assert "holds the demo data (engage data simulate --customers 50 --days 30 --seed" in out
     assert "your events replace it" in out
     assert read_events(data_dir / "events.parquet")["customer_id"].tolist() == ["me"]
     assert demo_origin(data_dir / "events.parquet") is None
+    # Other data: a champion of the demo is replaced by the first model of these events.
+    assert store_origin(data_dir / "events.parquet").startswith("ingest at ")
     assert "contradict" in engage("data", "ingest", str(mine), "--replace", "--append")[1]
 
 

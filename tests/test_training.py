@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -338,17 +337,6 @@ def test_run_is_logged_with_params_metrics_tags_and_artifacts(pipeline):
     assert {"plots/roc.png", "plots/calibration.png", "plots/shap_beeswarm.png"} <= names
     held = {a.path for a in client.list_artifacts(run.info.run_id, "heldout_model")}
     assert held == {"heldout_model/model.json", "heldout_model/booster.txt"}
-
-
-@pytest.fixture()
-def scratch(pipeline, tmp_path):
-    """A copy of the pipeline's data dir, for tests that register new versions."""
-    target = tmp_path / "data"
-    shutil.copytree(pipeline.data_dir, target)
-    old = os.environ["ENGAGE_DATA_DIR"]
-    os.environ["ENGAGE_DATA_DIR"] = str(target)
-    yield target
-    os.environ["ENGAGE_DATA_DIR"] = old
 
 
 def test_a_model_below_a_baseline_is_not_promoted_and_the_baseline_is_served(pipeline, scratch):

@@ -58,7 +58,7 @@ def rfm_score(X: pd.DataFrame, model: str) -> np.ndarray:
     """
     recency = -X["days_since_last_purchase"].fillna(1e9)
     freq = X["purchases_365d"]
-    money = X["revenue_365d"]
+    money = X["revenue_365d"].fillna(0.0)  # unknown amounts rank like none, as in fit_rfm
     tie = -X["days_since_last_event"].fillna(1e9)
     ranks = [s.rank(pct=True).to_numpy() for s in (recency, freq, money)]
     engaged = np.mean(ranks, axis=0) + 1e-3 * tie.rank(pct=True).to_numpy()

@@ -337,13 +337,18 @@ def _columns(con: sqlite3.Connection, table: str) -> set[str]:
     return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
+class NoChampion(RegistryUnavailable):
+    """The store is readable but no version of the model holds the alias (never trained)."""
+
+
 def champion_ref(paths: Paths, name: str, alias: str = CHAMPION) -> ModelRef:
     """The version holding ``alias`` of model ``name``, read without writing anything.
 
     ``source`` is where the logged model's files are (MLflow's ``storage_location``).
 
     Raises:
-        RegistryUnavailable: the store cannot be read, or no version holds the alias.
+        RegistryUnavailable: the store cannot be read.
+        NoChampion: no version holds the alias.
 
     """
     con = open_registry(paths)
@@ -372,7 +377,7 @@ def _champion_ref(con: sqlite3.Connection, paths: Paths, name: str, alias: str) 
         (name, alias),
     ).fetchone()
     if row is None:
-        raise RegistryUnavailable(
+        raise NoChampion(
             f"no {name!r} model with alias {alias!r} in {mlflow_db(paths)}: run `engage train`"
         )
     version, run_id, source, storage, status = row

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from engage.config import Params, Paths
+from engage.data.store import store_origin
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from training.dataset import (
     audit_against_events,
@@ -129,8 +130,9 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
     3. else not at all: the new model takes the alias (the run's baselines already gated
        it), and the reason says so.
 
-    A champion trained for another question (horizon, label rule, population) or that
-    cannot score these rows is replaced.
+    A champion trained on other data (the store was replaced since, e.g. the demo data by
+    the user's own events), for another question (horizon, label rule, population) or
+    that cannot score these rows is replaced.
     """
     metric, tol = params.training.promotion_metric, params.training.promotion_tolerance
     new_score = ev.metrics[ev.chosen][metric]
@@ -140,6 +142,16 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
     test = ev.split.test
     try:
         champ, _ = load_model(paths, name)
+        now, then = ev.model.training.get("store_origin"), champ.training.get("store_origin")
+        if now and then and now != then:
+            return GateDecision(
+                CHAMPION,
+                f"champion v{version} was trained on other data ({then}; the store now "
+                f"holds {now}): replaced",
+                new_score,
+                None,
+                version,
+            )
         conflicts = definition_conflicts(champ.trained_for, params, name)
         if conflicts:
             return GateDecision(
@@ -384,6 +396,7 @@ def train_model(
     with mlflow.start_run(experiment_id=exp, run_name=run_name(model, frame)):
         say("LightGBM and baselines, refit")
         ev = fit_and_evaluate(frame, params, model)
+        ev.model.training["store_origin"] = store_origin(paths.events)
         say("MLflow")
         return log_and_register(paths, params, model, ev)
 

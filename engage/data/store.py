@@ -172,6 +172,21 @@ def demo_origin(events_path: Path) -> dict | None:
     return None
 
 
+def store_origin(events_path: Path) -> str | None:
+    """Which data the store holds: the write that started it, as ``<command> at <time>``.
+
+    That is the last write that replaced the store whole (``engage data simulate``,
+    ``cdnow``, an ingest replacing the demo data or with ``--replace``), else the first
+    write of the log. A model records it, so a champion trained on the demo data is not
+    compared with, and kept over, a model of the user's own events. None without a log.
+    """
+    entries = read_log(events_path) if Path(events_path).exists() else []
+    if not entries:
+        return None
+    start = next((e for e in reversed(entries) if _replaced_store(e)), entries[0])
+    return f"{start.get('command', 'write')} at {start.get('at', '?')}"
+
+
 def store_flags(events_path: Path) -> dict[str, bool]:
     """What the writes since the store was last replaced say about its data.
 
