@@ -69,21 +69,60 @@ def assert_same_snapshots(duck, sp, rtol=1e-9):
     assert [s.as_of for s in a] == [s.as_of for s in b]
     assert [s.path.name for s in a] == [s.path.name for s in b]
     for x, y in zip(a, b, strict=True):
-        ta, tb = pq.read_table(x.path), pq.read_table(y.path)
-        assert ta.schema.names == tb.schema.names, x.path.name
-        assert [f.type for f in ta.schema] == [f.type for f in tb.schema], x.path.name
-        assert ta.num_rows == tb.num_rows, x.path.name
-        assert ta.column(ENTITY_KEY).to_pylist() == tb.column(ENTITY_KEY).to_pylist()
-        assert ta.column(TIMESTAMP).equals(tb.column(TIMESTAMP))
-        # One creation time per build, the same on every row.
-        assert len(set(tb.column(CREATED).to_pylist())) <= 1
-        for name in ta.schema.names[3:]:
-            ca, cb = ta.column(name), tb.column(name)
-            assert ca.null_count == cb.null_count, f"{name} @ {x.as_of}"
-            va = ca.to_numpy(zero_copy_only=False).astype(float)
-            vb = cb.to_numpy(zero_copy_only=False).astype(float)
-            assert np.array_equal(np.isnan(va), np.isnan(vb)), f"{name} @ {x.as_of}"
-            np.testing.assert_allclose(vb, va, rtol=rtol, atol=0, err_msg=f"{name} @ {x.as_of}")
+        assert_same_tables(pq.read_table(x.path), pq.read_table(y.path), x, rtol)
+
+
+def assert_same_tables(ta, tb, x, rtol=1e-9):
+    assert ta.schema.names == tb.schema.names, x.path.name
+    assert [f.type for f in ta.schema] == [f.type for f in tb.schema], x.path.name
+    assert ta.num_rows == tb.num_rows, x.path.name
+    assert ta.column(ENTITY_KEY).to_pylist() == tb.column(ENTITY_KEY).to_pylist()
+    assert ta.column(TIMESTAMP).equals(tb.column(TIMESTAMP))
+    # One creation time per build, the same on every row.
+    assert len(set(tb.column(CREATED).to_pylist())) <= 1
+    for name in ta.schema.names[3:]:
+        ca, cb = ta.column(name), tb.column(name)
+        assert ca.null_count == cb.null_count, f"{name} @ {x.as_of}"
+        va = ca.to_numpy(zero_copy_only=False).astype(float)
+        vb = cb.to_numpy(zero_copy_only=False).astype(float)
+        assert np.array_equal(np.isnan(va), np.isnan(vb)), f"{name} @ {x.as_of}"
+        np.testing.assert_allclose(vb, va, rtol=rtol, atol=0, err_msg=f"{name} @ {x.as_of}")
+
+
+def _golden_files(tmp_path):
+    ev, cu = _events(), _customers()
+    ev["event_time"] = ev["event_time"].astype("datetime64[us, UTC]")
+    cu["first_seen"] = cu["first_seen"].astype("datetime64[us, UTC]")
+    ev.to_parquet(tmp_path / "events.parquet")
+    cu.to_parquet(tmp_path / "customers.parquet")
+    return tmp_path / "events.parquet", tmp_path / "customers.parquet"
+
+
+@pytest.mark.scale
+def test_a_store_without_amounts_gives_the_same_null_money_features(tmp_path, spark):
+    from features.aggregates import FeatureBuilder
+    from features.catalog import money_features
+    from features.snapshots import Snapshot, snapshot_path
+    from features.spark_build import SparkFeatureBuilder
+
+    params = load_params()
+    events, customers = _golden_files(tmp_path)
+    created = T("2025-04-01", tz="UTC")
+    duck = FeatureBuilder(params, events, customers, unknown_money=True)
+    sp = SparkFeatureBuilder(
+        params, events, customers, tmp_path / "stage", spark, unknown_money=True
+    )
+    try:
+        want = dict(duck.tables(AS_OF, created))
+        got = dict(sp.tables(AS_OF, created))
+    finally:
+        duck.close()
+        sp.close()
+    money = money_features(params)
+    assert money
+    for t in AS_OF:
+        assert_same_tables(want[t], got[t], Snapshot(t, snapshot_path(tmp_path, t)))
+        assert all(got[t].column(m).null_count == got[t].num_rows for m in money)
 
 
 @pytest.mark.scale
