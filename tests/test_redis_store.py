@@ -362,3 +362,22 @@ def test_the_service_reads_redis_directly_with_the_same_answers(pipeline, redis_
         packed.predict_ids(ids, explain=True).records()
         == served.predict_ids(ids, explain=True).records()
     )
+
+
+def test_the_bulk_write_can_set_a_key_ttl_and_surfaces_server_errors(
+    tmp_path, redis_server, flushed
+):
+    views = _views()
+    cfg = _config(tmp_path, redis_server, "ttl")
+    frame = _snapshot(views, 5)
+    keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY])
+    redis_store.write_frame(flushed, cfg, views[0], frame, keys, TIMESTAMP, ttl_seconds=100)
+    ttls = [flushed.ttl(k) for k in redis_store.redis_keys(cfg, keys)]
+    assert all(0 < t <= 100 for t in ttls), ttls
+    # A key holding another type: Redis refuses the HSET, the error reaches the caller,
+    # and the connection stays usable (every reply was read).
+    flushed.set(redis_store.redis_keys(cfg, keys[:1])[0], b"not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        redis_store.write_frame(flushed, cfg, views[0], frame, keys, TIMESTAMP)
+    assert flushed.ping()
+    assert flushed.hlen(redis_store.redis_keys(cfg, keys[1:2])[0]) == len(views[0].features) + 1
