@@ -233,13 +233,24 @@ class RedisDirectReader:
         for view, features in plan:
             spans.append((len(fields), len(features)))
             fields += self._fields(view, features)
+        # MULTI, one HMGET per contact, EXEC: encoded once here (the field list is the
+        # same for every contact), then sent and read on one connection.
+        asked = b"".join(_bulk(f) for f in fields)
+        head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
+        parts = [b"*1\r\n$5\r\nMULTI\r\n"]
+        for key in redis_keys(config, keys):
+            parts += [head, _bulk(key), asked]
+        parts.append(b"*1\r\n$4\r\nEXEC\r\n")
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                for key in redis_keys(config, keys):
-                    pipe.hmget(key, fields)
-                replies = pipe.execute() if keys else []
+            replies = _send(self.client, b"".join(parts), len(keys) + 2)[-1] if keys else []
         except redis.RedisError as err:
             raise OnlineStoreUnavailable(f"Redis online store cannot be read ({err})") from None
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:  # inside EXEC an error is a reply, e.g. a key that is not a hash
+            raise OnlineStoreUnavailable(
+                f"Redis online store cannot be read: {len(failed)} of {len(keys)} contacts "
+                f"answered an error ({failed[0]})"
+            )
         values = decode_many([b for reply in replies for b in reply])
         values = values.reshape(len(keys), len(fields))
         return [values[:, start : start + n] for start, n in spans]
@@ -301,22 +312,29 @@ def _field_chunks(field: bytes, column: np.ndarray, kind: str) -> list[bytes]:
     return out
 
 
-def _send(client: Any, payload: bytes, commands: int) -> None:
-    """Send pre-encoded commands on one connection and read every reply (a pipeline)."""
+def _send(client: Any, payload: bytes, commands: int) -> list[Any]:
+    """Send pre-encoded commands on one connection; every reply, in order (a pipeline).
+
+    Raises:
+        redis.ResponseError: the first error reply, once every reply has been read.
+        redis.ConnectionError: the connection failed (it is dropped, not reused).
+
+    """
     import redis
 
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
         conn.send_packed_command([payload])  # a list of chunks: one chunk here
-        errors = []
+        replies, errors = [], []
         for _ in range(commands):
             try:
-                conn.read_response()
+                replies.append(conn.read_response())
             except redis.ResponseError as err:  # keep reading: the replies stay in step
                 errors.append(err)
         if errors:
             raise errors[0]
+        return replies
     except (redis.ConnectionError, redis.TimeoutError):
         conn.disconnect()
         raise

@@ -380,4 +380,7 @@ def test_the_bulk_write_can_set_a_key_ttl_and_surfaces_server_errors(
     with pytest.raises(Exception, match="WRONGTYPE"):
         redis_store.write_frame(flushed, cfg, views[0], frame, keys, TIMESTAMP)
     assert flushed.ping()
+    reader = redis_store.RedisDirectReader(cfg)
+    with pytest.raises(OnlineStoreUnavailable, match=r"1 of 5 contacts answered an error"):
+        reader.read_views(cfg, [(views[0], [views[0].features[0].name])], keys)
     assert flushed.hlen(redis_store.redis_keys(cfg, keys[1:2])[0]) == len(views[0].features) + 1
