@@ -852,9 +852,9 @@ def demo_markdown(d: dict[str, Any], hp) -> list[str]:
         if "counts" in r:
             c = r["counts"]
             lines.append(
-                f"Purchase days within {c['horizon_periods']} periods (count model): "
-                f"{c['predicted']:,.0f} predicted for {c['actual']:,.0f} actual, per-row MAE "
-                f"at {c['horizon_days']} days {c['mae']:.3f}."
+                f"Purchase days within {c['horizon_days']} days (the count model): "
+                f"{c['predicted']:,.0f} predicted for {c['actual']:,.0f} actual; per-row MAE "
+                f"{c['mae']:.3f}, RMSE {c['rmse']:.3f}."
             )
     return lines
 
@@ -909,7 +909,7 @@ def cdnow_markdown(c: dict[str, Any], hp) -> list[str]:
         "",
         "Tracking: cumulative purchase days of all customers by holdout week "
         f"(MAPE over the {weeks} weeks in the last column)"
-        + (f"; plot `{Path(c['plot']).relative_to(PROJECT_ROOT)}`" if c.get("plot") else "")
+        + (f"; plot `{_shown(c['plot'])}`" if c.get("plot") else "")
         + ":",
         "",
         "| method | " + " | ".join(f"w{w}" for w in show) + " | MAPE |",
@@ -924,6 +924,11 @@ def cdnow_markdown(c: dict[str, Any], hp) -> list[str]:
         )
     lines += ["", _cdnow_verdict(t)]
     return lines
+
+
+def _shown(path: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def _cdnow_verdict(t: dict[str, Any]) -> str:

@@ -50,7 +50,8 @@ from engage.config import HazardParams, LightGBMParams, Params, TrainingParams
 from engage.schema import CUSTOMER_ID, EVENT_TIME, EVENT_TYPE
 from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
-from training.fit import _lgb_params, adapt_to_rows, fit_booster
+from training.fit import _lgb_params, adapt_to_rows, fit_booster, fit_calibrator
+from training.model import Calibrator
 from training.progress import lightgbm_callbacks
 
 PERIOD = "period"  # the period index k (1-based): a model input
@@ -373,6 +374,11 @@ class HazardModel:
         periods: ``H_max`` in periods.
         booster: LightGBM binary classifier of the first-event hazard.
         count_booster: LightGBM Poisson model of event days per period (None: not fitted).
+        calibrator: maps the hazard booster's raw margin to the hazard (fitted on the
+            validation person-period rows, like the fixed-horizon models' calibrator; a
+            monotone map per period, so the survival curve stays monotone).
+        count_scale: multiplies the count model's rates: observed / predicted event days
+            on the validation rows.
         training: facts of the fit (rows, trees).
 
     """
@@ -383,24 +389,32 @@ class HazardModel:
     periods: int
     booster: lgb.Booster
     count_booster: lgb.Booster | None = None
+    calibrator: Calibrator | None = None
+    count_scale: float = 1.0
     training: dict[str, Any] = field(default_factory=dict)
 
     @property
     def h_max_days(self) -> int:
         return self.period_days * self.periods
 
-    def _predict(self, booster: lgb.Booster, rows: pd.DataFrame, chunk: int) -> np.ndarray:
+    def _predict(
+        self, booster: lgb.Booster, rows: pd.DataFrame, chunk: int, raw: bool = False
+    ) -> np.ndarray:
         _require(rows, self.features, "rows")
         out = np.empty((len(rows), self.periods))
         for i in range(0, len(rows), chunk):
             part = rows.iloc[i : i + chunk]
             X = expand_periods(part, self.features, self.periods)
-            out[i : i + len(part)] = booster.predict(X).reshape(len(part), self.periods)
+            pred = booster.predict(X, raw_score=raw)
+            out[i : i + len(part)] = pred.reshape(len(part), self.periods)
         return out
 
     def hazards(self, rows: pd.DataFrame, chunk: int = 20_000) -> np.ndarray:
-        """Hazard of every row at periods 1..K (n x K)."""
-        return np.clip(self._predict(self.booster, rows, chunk), 0.0, 1.0)
+        """Hazard of every row at periods 1..K (n x K), calibrated when a calibrator is set."""
+        if self.calibrator is None:
+            return np.clip(self._predict(self.booster, rows, chunk), 0.0, 1.0)
+        margin = self._predict(self.booster, rows, chunk, raw=True)
+        return np.clip(self.calibrator.transform(margin), 0.0, 1.0)
 
     def rates(self, rows: pd.DataFrame, chunk: int = 20_000) -> np.ndarray:
         """Expected event days of every row in periods 1..K (n x K).
@@ -411,7 +425,7 @@ class HazardModel:
         """
         if self.count_booster is None:
             raise ValueError(f"{self.name}: no count model (fit with counts)")
-        return self._predict(self.count_booster, rows, chunk)
+        return self.count_scale * self._predict(self.count_booster, rows, chunk)
 
     def event_probabilities(
         self, rows: pd.DataFrame, horizons_days: Sequence[float]
@@ -508,11 +522,18 @@ def fit_hazard_model(
     if (train_counts is None) != (valid_counts is None):
         raise ValueError("train_counts / valid_counts: give both or neither")
     booster = fit_hazard_booster(train_pp, valid_pp, features, tp)
-    count_booster = None
+    cols = [*features, PERIOD]
+    calibrator = fit_calibrator(
+        tp.calibration, booster.predict(valid_pp[cols], raw_score=True), valid_pp[LABEL]
+    )
+    count_booster, scale = None, 1.0
     if train_counts is not None:
         count_booster = fit_hazard_booster(
             train_counts, valid_counts, features, tp, objective="poisson"
         )
+        predicted = float(count_booster.predict(valid_counts[cols]).sum())
+        if predicted > 0:
+            scale = float(valid_counts[LABEL].sum()) / predicted
     return HazardModel(
         name=name,
         features=list(features),
@@ -520,12 +541,16 @@ def fit_hazard_model(
         periods=hp.h_max_periods,
         booster=booster,
         count_booster=count_booster,
+        calibrator=calibrator,
+        count_scale=scale,
         training={
             "train_rows": len(train_pp),
             "valid_rows": len(valid_pp),
             "trees": booster.num_trees(),
             "count_trees": count_booster.num_trees() if count_booster is not None else None,
             "event_rate_per_period": float(train_pp[LABEL].mean()),
+            "calibration": tp.calibration,
+            "count_scale": scale,
         },
     )
 
