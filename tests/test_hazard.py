@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,7 +209,8 @@ def _synthetic(n: int, seed: int) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame
     return r, hz.first_event_times(r, ev, ["purchase"]), ev
 
 
-def test_fitted_hazard_model_recovers_the_hazard_and_the_counts():
+@pytest.fixture(scope="module")
+def fitted():
     tp = load_params(
         overrides=(
             "training.lightgbm.n_estimators=60",
@@ -224,6 +227,11 @@ def test_fitted_hazard_model_recovers_the_hazard_and_the_counts():
         )
     (r_tr, pp_tr, cf_tr), (r_va, pp_va, cf_va) = parts
     model = hz.fit_hazard_model("appetence", ["x"], pp_tr, pp_va, HP, tp, cf_tr, cf_va)
+    return model, r_va, pp_va, cf_va, pp_tr, tp
+
+
+def test_fitted_hazard_model_recovers_the_hazard_and_the_counts(fitted):
+    model, r_va, pp_va, cf_va, pp_tr, tp = fitted
     h = model.hazards(r_va)
     assert h.shape == (500, 4)
     true = 0.05 + 0.4 * r_va["x"].to_numpy()
@@ -236,3 +244,34 @@ def test_fitted_hazard_model_recovers_the_hazard_and_the_counts():
     assert abs(n28.sum() / observed.sum() - 1) < 0.15
     with pytest.raises(ValueError, match=r"train person-period rows: a single class in 3 rows"):
         hz.fit_hazard_booster(pp_tr.assign(label=0).head(3), pp_va, ["x"], tp)
+
+
+def test_horizon_columns_name_their_horizon_and_survive_storage(fitted, tmp_path):
+    model, r_va, *_ = fitted
+    cols = hz.horizon_columns(model, r_va)
+    assert list(cols.columns) == [
+        "p_purchase_7d",
+        "p_purchase_28d",
+        "days_to_purchase",
+        "expected_purchases_7d",
+        "expected_purchases_28d",
+    ]
+    assert (cols["p_purchase_7d"] <= cols["p_purchase_28d"]).all()
+    H = model.hazards(r_va)
+    np.testing.assert_allclose(cols["p_purchase_28d"], 1 - hz.survival(H)[:, -1])
+    med = cols["days_to_purchase"].to_numpy()
+    for i in np.nonzero(~np.isnan(med))[0][:20]:  # the curve crosses 1/2 at the median
+        np.testing.assert_allclose(hz.survival_at(H[i : i + 1], med[i], 7), 0.5)
+    assert np.isnan(med).any() and (~np.isnan(med)).any()
+    folder = hz.write_hazard_model(model, tmp_path / "m")
+    doc = json.loads((folder / "model.json").read_text())
+    assert doc["horizons_days"] == [7, 28] and doc["h_max_days"] == 28
+    back = hz.read_hazard_model(folder)
+    pd.testing.assert_frame_equal(hz.horizon_columns(back, r_va), cols)
+    doc["horizons_days"] = [7, 35]
+    (folder / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(hz.ModelFormatError, match=r"horizons_days must be .* in 1\.\.28"):
+        hz.read_hazard_model(folder)
+    (folder / "model.json").write_text('{"format": "engage-model/1"}')
+    with pytest.raises(hz.ModelFormatError, match="format must be 'engage-hazard/1'"):
+        hz.read_hazard_model(folder)

@@ -34,12 +34,23 @@ censoring, but every period until the end of follow-up is kept (repeat purchases
 label is the number of purchase days in the period. ``E[N(t)] = sum_{k <= t/P} mu_k``
 (the last period pro rata). A purchase day counts a contact's events of one date once,
 as BG/NBD does.
+
+The hazard booster's margin is Platt-calibrated on the validation person-period rows
+(``training.calibration``, as the fixed-horizon models); the count model's rates are
+scaled by observed / predicted event days on its validation rows. A fitted model is
+stored as text and JSON (:func:`write_hazard_model`: ``model.json`` records the period,
+``H_max`` and the horizons; the boosters are LightGBM text), and
+:func:`horizon_columns` gives score columns that name their horizon
+(``p_purchase_30d``, ``p_churn_90d``, ``expected_purchases_30d``, ``days_to_purchase``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -48,10 +59,10 @@ import pandas as pd
 
 from engage.config import HazardParams, LightGBMParams, Params, TrainingParams
 from engage.schema import CUSTOMER_ID, EVENT_TIME, EVENT_TYPE
-from engage.specs import model_spec
+from engage.specs import MODEL_NAMES, model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from training.fit import _lgb_params, adapt_to_rows, fit_booster, fit_calibrator
-from training.model import Calibrator
+from training.model import Calibrator, ModelFormatError
 from training.progress import lightgbm_callbacks
 
 PERIOD = "period"  # the period index k (1-based): a model input
@@ -372,6 +383,7 @@ class HazardModel:
         features: input columns of a training row (``period`` is added).
         period_days: length of a period.
         periods: ``H_max`` in periods.
+        horizons_days: the horizons scored by default (``hazard.horizons_days``).
         booster: LightGBM binary classifier of the first-event hazard.
         count_booster: LightGBM Poisson model of event days per period (None: not fitted).
         calibrator: maps the hazard booster's raw margin to the hazard (fitted on the
@@ -387,6 +399,7 @@ class HazardModel:
     features: list[str]
     period_days: int
     periods: int
+    horizons_days: tuple[int, ...]
     booster: lgb.Booster
     count_booster: lgb.Booster | None = None
     calibrator: Calibrator | None = None
@@ -539,6 +552,7 @@ def fit_hazard_model(
         features=list(features),
         period_days=hp.period_days,
         periods=hp.h_max_periods,
+        horizons_days=tuple(hp.horizons_days),
         booster=booster,
         count_booster=count_booster,
         calibrator=calibrator,
@@ -564,4 +578,149 @@ def sample_per_as_of(rows: pd.DataFrame, cap: int | None, seed: int) -> pd.DataF
         .apply(lambda g: g.sample(min(cap, len(g)), random_state=seed))
         .sort_values([TIMESTAMP, ENTITY_KEY])
         .reset_index(drop=True)
+    )
+
+
+# ------------------------------------------------------------------ scores and storage
+
+HAZARD_FORMAT = "engage-hazard/1"
+HAZARD_JSON = "model.json"
+HAZARD_BOOSTER = "hazard_booster.txt"
+COUNT_BOOSTER = "count_booster.txt"
+
+
+def horizon_columns(
+    model: HazardModel, rows: pd.DataFrame, horizons_days: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Score columns that name their horizon, one row per input row.
+
+    appetence: ``p_purchase_<h>d`` (a purchase within h days), ``days_to_purchase``
+    (median predicted time; NaN = not within ``H_max``) and, with a count model,
+    ``expected_purchases_<h>d``. churn: ``p_churn_<h>d`` (no activity within h days) and
+    ``days_to_activity`` (median time to the next activity of the churn types).
+
+    Raises:
+        ValueError: a horizon beyond ``H_max``, or rows without the model's features.
+
+    """
+    spec = model_spec(model.name)
+    horizons = list(horizons_days or model.horizons_days)
+    H = model.hazards(rows)
+    out = pd.DataFrame(index=rows.index)
+    for h in horizons:
+        p_event = prob_within(H, h, model.period_days)
+        out[f"{spec.probability}_{h}d"] = p_event if model.name != "churn" else 1.0 - p_event
+    event = "purchase" if spec.label_rule == "purchase_in_window" else "activity"
+    out[f"days_to_{event}"] = median_days(H, model.period_days)
+    if model.count_booster is not None:
+        R = model.rates(rows)
+        for h in horizons:
+            out[f"expected_purchases_{h}d"] = expected_count(R, h, model.period_days)
+    return out
+
+
+def write_hazard_model(model: HazardModel, folder: Path) -> Path:
+    """Write ``model.json`` and the boosters as LightGBM text into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format": HAZARD_FORMAT,
+        "name": model.name,
+        "features": list(model.features),
+        "period_days": model.period_days,
+        "periods": model.periods,
+        "h_max_days": model.h_max_days,
+        "horizons_days": list(model.horizons_days),
+        "calibrator": model.calibrator.to_dict() if model.calibrator is not None else None,
+        "count_scale": model.count_scale,
+        "training": model.training,
+    }
+    (folder / HAZARD_BOOSTER).write_text(model.booster.model_to_string())
+    if model.count_booster is not None:
+        (folder / COUNT_BOOSTER).write_text(model.count_booster.model_to_string())
+    (folder / HAZARD_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
+    return folder
+
+
+def read_hazard_model(folder: Path) -> HazardModel:
+    """Read a folder written by :func:`write_hazard_model` (text and JSON only).
+
+    Raises:
+        ModelFormatError: a file is missing, the format is unknown or a field is invalid
+            (the message names the file and the field).
+
+    """
+    folder = Path(folder)
+    path = folder / HAZARD_JSON
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing (not a hazard model folder)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != HAZARD_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ModelFormatError(f"{path}: format must be {HAZARD_FORMAT!r}, got {got!r}")
+    features = doc.get("features")
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(f, str) for f in features)
+    ):
+        raise ModelFormatError(f"{path}: features must be a non-empty list of names")
+    ints = {}
+    for key in ("period_days", "periods"):
+        v = doc.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ModelFormatError(f"{path}: {key} must be a positive integer, got {v!r}")
+        ints[key] = v
+    horizons = doc.get("horizons_days")
+    h_max = ints["period_days"] * ints["periods"]
+    if (
+        not isinstance(horizons, list)
+        or not horizons
+        or not all(isinstance(h, int) and 0 < h <= h_max for h in horizons)
+    ):
+        raise ModelFormatError(
+            f"{path}: horizons_days must be a non-empty list of days in 1..{h_max}, "
+            f"got {horizons!r}"
+        )
+    name = doc.get("name")
+    if name not in MODEL_NAMES:
+        raise ModelFormatError(f"{path}: name must be one of {list(MODEL_NAMES)}, got {name!r}")
+    scale = doc.get("count_scale", 1.0)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ModelFormatError(f"{path}: count_scale must be a finite number >= 0")
+    try:
+        calibrator = (
+            Calibrator.from_dict(doc["calibrator"]) if doc.get("calibrator") is not None else None
+        )
+    except ModelFormatError as err:
+        raise ModelFormatError(f"{path}: {err}") from None
+    boosters = {}
+    for key, fname, required in (("hazard", HAZARD_BOOSTER, True), ("count", COUNT_BOOSTER, False)):
+        bpath = folder / fname
+        if not bpath.is_file():
+            if required:
+                raise ModelFormatError(f"{bpath}: missing")
+            boosters[key] = None
+            continue
+        try:
+            booster = lgb.Booster(model_str=bpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, lgb.basic.LightGBMError) as err:
+            raise ModelFormatError(f"{bpath}: not a LightGBM text model ({err})") from None
+        if booster.feature_name() != [*features, PERIOD]:
+            raise ModelFormatError(f"{bpath}: its features differ from those of {path.name}")
+        boosters[key] = booster
+    return HazardModel(
+        name=name,
+        features=features,
+        period_days=ints["period_days"],
+        periods=ints["periods"],
+        horizons_days=tuple(horizons),
+        booster=boosters["hazard"],
+        count_booster=boosters["count"],
+        calibrator=calibrator,
+        count_scale=float(scale),
+        training=dict(doc.get("training") or {}),
     )
