@@ -1,7 +1,10 @@
 """Record the hazard-model evaluation (``evaluation/hazard.py``) in BENCHMARKS.md.
 
-nice -n 10 .venv/bin/python -m benchmarks.bench_hazard [--dataset both] [--demo-customers N]
-    [--cdnow-customers N] [--seed S] [--no-write]
+OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python -m benchmarks.bench_hazard
+    [--dataset both] [--demo-customers N] [--cdnow-customers N] [--seed S] [--no-write]
+
+(OMP_WAIT_POLICY=PASSIVE: LightGBM's OpenMP threads otherwise spin while they wait, which
+made the fits several times slower on a shared 2-core machine; see tests/conftest.py.)
 
 The tracking plot of CDNOW goes to ``benchmarks/figures/hazard_cdnow_tracking.png``.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 from benchmarks.report import ROOT, write_section
 from evaluation.hazard import default_data_dir, report_markdown, run_hazard_benchmark
 
-COMMAND = "nice -n 10 .venv/bin/python -m benchmarks.bench_hazard"
+COMMAND = "OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python -m benchmarks.bench_hazard"
 PLOT = ROOT / "benchmarks" / "figures" / "hazard_cdnow_tracking.png"
 
 

@@ -122,7 +122,8 @@ def test_evaluate_frame_on_tiny_data_gives_every_table_row(tiny_params):
     sv = r["survival"]
     assert 0.6 < sv["hazard"]["c_index"] <= 1 and 0.5 < sv["fixed"]["c_index"] <= 1
     assert sv["hazard"]["ibs"] < sv["population"]["ibs"]
-    assert r["rows"]["test"] == 2 * 150 and r["counts"]["actual"] > 0
+    assert r["rows"]["test"] == 2 * 150 and r["counts"]["hazard"]["actual"] > 0
+    assert r["counts"]["hazard"]["actual"] == r["counts"]["bgnbd"]["actual"]
     lines = ev.demo_markdown(
         {
             "customers": 150,
@@ -137,6 +138,9 @@ def test_evaluate_frame_on_tiny_data_gives_every_table_row(tiny_params):
     rows = [x for x in lines if x.startswith("| 7 d") or x.startswith("| 28 d")]
     assert len(rows) == 2 * 3
     assert any("concordance index" in x for x in lines)
+    assert (
+        len([x for x in lines if x.startswith("| count LightGBM") or x.startswith("| BG/NBD")]) == 2
+    )
 
 
 def test_evaluate_frame_rejects_labels_of_another_rule(tiny_params):
