@@ -289,6 +289,12 @@ def evaluate_frame(
         }
     say(f"{model}: hazard model on {len(pp['train']):,} person-period rows")
     began = time.perf_counter()
+    # BG/NBD inputs as the fixed models get them: one fit on the last training as-of time.
+    hazard_bg = (
+        fit_on_snapshot(_last_time_rows(frame[parts["train"]]), h_max, tp.seed)
+        if tp.btyd_inputs
+        else None
+    )
     hm = hz.fit_hazard_model(
         model,
         features,
@@ -298,6 +304,7 @@ def evaluate_frame(
         tp,
         counts["train"] if counts else None,
         counts["valid"] if counts else None,
+        btyd=hazard_bg,
     )
     hazard_seconds = time.perf_counter() - began
     test = frame[parts["test"]].reset_index(drop=True)
@@ -370,7 +377,12 @@ def evaluate_frame(
         "person_period_rows": {k: len(v) for k, v in pp.items()},
         "events_in_test": int(event.sum()),
         "median_within_h_max": float(np.mean(~np.isnan(median))),
-        "fit": {**hm.training, "hazard_seconds": hazard_seconds, "fixed_seconds": fixed_seconds},
+        "fit": {
+            **hm.training,
+            "hazard_seconds": hazard_seconds,
+            "fixed_seconds": fixed_seconds,
+            "btyd_inputs": hazard_bg is not None,
+        },
     }
     if counts is not None:
         conv = params.data.conversion_event
@@ -656,7 +668,18 @@ def run_cdnow(
     cf_va = hz.count_frame(frame[in_valid], cal_events, as_of, hp, conv)
     say(f"cdnow: hazard + count LightGBM on {len(pp_tr):,} + {len(cf_tr):,} rows")
     fit_began = time.perf_counter()
-    hm = hz.fit_hazard_model("appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va)
+    hazard_bg = None
+    if tp.btyd_inputs:
+        # As the product's models: BG/NBD on the snapshot of the last training as-of time.
+        from training.btyd import fit_on_snapshot
+        from training.fit_evaluate import _last_time_rows
+
+        hazard_bg = fit_on_snapshot(
+            _last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
+        )
+    hm = hz.fit_hazard_model(
+        "appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va, btyd=hazard_bg
+    )
     fit_seconds = time.perf_counter() - fit_began
 
     ids = pd.Index(pd.read_parquet(paths.customers)[CUSTOMER_ID].sort_values(), name=ENTITY_KEY)
@@ -716,7 +739,7 @@ def run_cdnow(
         "training_rows": len(frame),
         "person_period_rows": {"train": len(pp_tr), "valid": len(pp_va)},
         "count_rows": {"train": len(cf_tr), "valid": len(cf_va)},
-        "fit": {**hm.training, "seconds": fit_seconds},
+        "fit": {**hm.training, "seconds": fit_seconds, "btyd_inputs": hazard_bg is not None},
         "bgnbd_params": {k: float(v) for k, v in bg.params_.items()},
         "pareto_params": {k: float(v) for k, v in pareto.params_.items()},
         "median_within_h_max": float(np.mean(~np.isnan(median))),
@@ -1023,7 +1046,10 @@ def report_markdown(result: dict[str, Any]) -> str:
         "(repeat purchases kept), summed over the periods. The hazard's margin is Platt-"
         "calibrated on the validation person-period rows (one map for every period, so the "
         "curve stays monotone) and the count model's rates are scaled by observed / predicted "
-        "purchase days on its validation rows. "
+        "purchase days on its validation rows. With `training.btyd_inputs` (on here), the hazard "
+        "and count models get two more inputs, as the fixed-horizon models do: BG/NBD's "
+        "expected purchases in period k and its P(alive), from one BG/NBD fit on the last "
+        "training as-of time's snapshot. "
         "The fixed-horizon baselines are the product's LightGBM recipe (monotone constraints, "
         "BG/NBD inputs, Platt calibration on the validation as-of times) trained on the same "
         "as-of times as the hazard model (purged for H_max, so the 7-day model has fewer "

@@ -11,6 +11,7 @@ import pytest
 from engage.config import ConfigError, load_params
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from training import hazard as hz
+from training.model import BGNBD, btyd_summary
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 D = pd.Timedelta(days=1)
@@ -275,3 +276,37 @@ def test_horizon_columns_name_their_horizon_and_survive_storage(fitted, tmp_path
     (folder / "model.json").write_text('{"format": "engage-model/1"}')
     with pytest.raises(hz.ModelFormatError, match="format must be 'engage-hazard/1'"):
         hz.read_hazard_model(folder)
+
+
+def test_btyd_inputs_split_bgnbd_expectation_by_period(fitted, tmp_path):
+    bg = BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5, horizon_days=28.0)
+    model, r_va, pp_va, cf_va, pp_tr, tp = fitted
+    rng = np.random.default_rng(4)
+
+    def with_history(frame):
+        n = len(frame)
+        return frame.assign(
+            purchases_total=rng.integers(0, 5, n).astype(float),
+            days_since_last_purchase=rng.uniform(0, 50, n),
+            tenure_days=rng.uniform(50, 200, n),
+        )
+
+    two = with_history(rows(("a", T0), ("b", T0)))
+    history = ["purchases_total", "days_since_last_purchase", "tenure_days"]
+    got = hz.add_btyd_inputs(hz.expand_periods(two, history, 4), bg, 7)
+    per = got[hz.BTYD_PERIOD].to_numpy().reshape(2, 4)
+    x, t_x, big_t = btyd_summary(*(two[c].to_numpy(float) for c in history))
+    np.testing.assert_allclose(per.sum(axis=1), bg.expected(x, t_x, big_t), rtol=1e-5)
+    assert (per >= 0).all()
+    np.testing.assert_allclose(got[hz.BTYD_ALIVE].to_numpy()[::4], bg.p_alive(x, t_x, big_t))
+
+    feats = ["x", *history]
+    m = hz.fit_hazard_model(
+        "appetence", feats, with_history(pp_tr), with_history(pp_va), HP, tp, btyd=bg
+    )
+    assert m.input_names[-3:] == [hz.PERIOD, hz.BTYD_PERIOD, hz.BTYD_ALIVE]
+    scored = with_history(r_va)
+    cols = hz.horizon_columns(m, scored)
+    back = hz.read_hazard_model(hz.write_hazard_model(m, tmp_path / "b"))
+    assert back.btyd == bg
+    pd.testing.assert_frame_equal(hz.horizon_columns(back, scored), cols)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,15 @@ from engage.schema import CUSTOMER_ID, EVENT_TIME, EVENT_TYPE
 from engage.specs import MODEL_NAMES, model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
 from training.fit import _lgb_params, adapt_to_rows, fit_booster, fit_calibrator
-from training.model import Calibrator, ModelFormatError
+from training.model import BGNBD, BTYD_FEATURES, Calibrator, ModelFormatError, btyd_summary
 from training.progress import lightgbm_callbacks
 
 PERIOD = "period"  # the period index k (1-based): a model input
+# With ``training.btyd_inputs``: BG/NBD's expected purchases in period k and P(alive), two
+# more inputs (as the fixed-horizon models get BG/NBD's probability and expectation).
+BTYD_PERIOD = "btyd_period_expected"
+BTYD_ALIVE = "btyd_p_alive"
+BTYD_INPUTS = (BTYD_PERIOD, BTYD_ALIVE)
 LABEL = "label"
 FIRST_EVENT = "first_event_time"
 DAY = pd.Timedelta(days=1)
@@ -244,6 +249,30 @@ def expand_periods(rows: pd.DataFrame, features: Sequence[str], periods: int) ->
     return out
 
 
+def add_btyd_inputs(pp: pd.DataFrame, bg: BGNBD, period_days: int) -> pd.DataFrame:
+    """``pp`` (rows with ``period`` and the BG/NBD snapshot features) plus BG/NBD's inputs.
+
+    ``btyd_period_expected`` = E[N(k P)] - E[N((k - 1) P)], the purchases BG/NBD expects in
+    period k from the contact's (x, t_x, T) at its as-of time; ``btyd_p_alive``. A
+    non-finite expectation (the series diverges for extreme parameters) stays NaN, which
+    LightGBM treats as missing.
+
+    Raises:
+        ValueError: a BG/NBD snapshot feature or ``period`` is missing.
+
+    """
+    _require(pp, [*BTYD_FEATURES, PERIOD], "person-period rows")
+    x, t_x, big_t = btyd_summary(*(pp[f].to_numpy(dtype="float64") for f in BTYD_FEATURES))
+    k = pp[PERIOD].to_numpy(dtype="float64")
+    # BGNBD.expected reads its horizon in numpy expressions: an array gives each row its own.
+    upto = replace(bg, horizon_days=k * period_days).expected(x, t_x, big_t)
+    before = replace(bg, horizon_days=(k - 1) * period_days).expected(x, t_x, big_t)
+    out = pp.copy()
+    out[BTYD_PERIOD] = (upto - before).astype("float32")
+    out[BTYD_ALIVE] = bg.p_alive(x, t_x, big_t).astype("float32")
+    return out
+
+
 def _utc(t: pd.Timestamp) -> pd.Timestamp:
     t = pd.Timestamp(t).as_unit("ns")
     return t.tz_convert("UTC") if t.tz is not None else t.tz_localize("UTC")
@@ -391,6 +420,7 @@ class HazardModel:
             monotone map per period, so the survival curve stays monotone).
         count_scale: multiplies the count model's rates: observed / predicted event days
             on the validation rows.
+        btyd: BG/NBD parameters behind the two BG/NBD inputs (None: no such inputs).
         training: facts of the fit (rows, trees).
 
     """
@@ -404,7 +434,13 @@ class HazardModel:
     count_booster: lgb.Booster | None = None
     calibrator: Calibrator | None = None
     count_scale: float = 1.0
+    btyd: BGNBD | None = None
     training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The boosters' input columns: the features, the period, BG/NBD's inputs."""
+        return [*self.features, PERIOD, *(BTYD_INPUTS if self.btyd is not None else ())]
 
     @property
     def h_max_days(self) -> int:
@@ -418,7 +454,9 @@ class HazardModel:
         for i in range(0, len(rows), chunk):
             part = rows.iloc[i : i + chunk]
             X = expand_periods(part, self.features, self.periods)
-            pred = booster.predict(X, raw_score=raw)
+            if self.btyd is not None:
+                X = add_btyd_inputs(X, self.btyd, self.period_days)
+            pred = booster.predict(X[self.input_names], raw_score=raw)
             out[i : i + len(part)] = pred.reshape(len(part), self.periods)
         return out
 
@@ -454,6 +492,7 @@ def fit_hazard_booster(
     features: Sequence[str],
     tp: TrainingParams,
     objective: str = "binary",
+    extra: Sequence[str] = (),
 ) -> lgb.Booster:
     """LightGBM on person-period (or count) rows, early-stopped on the valid rows.
 
@@ -467,7 +506,7 @@ def fit_hazard_booster(
     """
     if objective not in ("binary", "poisson"):
         raise ValueError(f"objective: must be 'binary' or 'poisson', got {objective!r}")
-    cols = [*features, PERIOD]
+    cols = [*features, PERIOD, *extra]
     for name, part in (("train", train), ("valid", valid)):
         _require(part, [*cols, LABEL], f"{name} person-period rows")
         if objective == "binary" and part[LABEL].nunique() < 2:
@@ -514,6 +553,7 @@ def fit_hazard_model(
     tp: TrainingParams,
     train_counts: pd.DataFrame | None = None,
     valid_counts: pd.DataFrame | None = None,
+    btyd: BGNBD | None = None,
 ) -> HazardModel:
     """The hazard model (and the count model when count frames are given).
 
@@ -526,6 +566,9 @@ def fit_hazard_model(
         tp: ``training`` parameters (LightGBM, seed).
         train_counts: count rows of the training times (:func:`count_frame`), optional.
         valid_counts: count rows of the validation times.
+        btyd: BG/NBD fitted on data before the validation times (e.g. by
+            :func:`training.btyd.fit_on_snapshot` on the last training as-of time): its
+            per-period expectation and P(alive) become two more inputs.
 
     Raises:
         ValueError: see :func:`fit_hazard_booster`; only one of the count frames given.
@@ -534,15 +577,25 @@ def fit_hazard_model(
     model_spec(name)
     if (train_counts is None) != (valid_counts is None):
         raise ValueError("train_counts / valid_counts: give both or neither")
-    booster = fit_hazard_booster(train_pp, valid_pp, features, tp)
-    cols = [*features, PERIOD]
+    extra: tuple[str, ...] = ()
+    if btyd is not None:
+        extra = BTYD_INPUTS
+        train_pp, valid_pp = (
+            add_btyd_inputs(f, btyd, hp.period_days) for f in (train_pp, valid_pp)
+        )
+        if train_counts is not None:
+            train_counts, valid_counts = (
+                add_btyd_inputs(f, btyd, hp.period_days) for f in (train_counts, valid_counts)
+            )
+    booster = fit_hazard_booster(train_pp, valid_pp, features, tp, extra=extra)
+    cols = [*features, PERIOD, *extra]
     calibrator = fit_calibrator(
         tp.calibration, booster.predict(valid_pp[cols], raw_score=True), valid_pp[LABEL]
     )
     count_booster, scale = None, 1.0
     if train_counts is not None:
         count_booster = fit_hazard_booster(
-            train_counts, valid_counts, features, tp, objective="poisson"
+            train_counts, valid_counts, features, tp, objective="poisson", extra=extra
         )
         predicted = float(count_booster.predict(valid_counts[cols]).sum())
         if predicted > 0:
@@ -557,6 +610,7 @@ def fit_hazard_model(
         count_booster=count_booster,
         calibrator=calibrator,
         count_scale=scale,
+        btyd=btyd,
         training={
             "train_rows": len(train_pp),
             "valid_rows": len(valid_pp),
@@ -633,6 +687,7 @@ def write_hazard_model(model: HazardModel, folder: Path) -> Path:
         "horizons_days": list(model.horizons_days),
         "calibrator": model.calibrator.to_dict() if model.calibrator is not None else None,
         "count_scale": model.count_scale,
+        "btyd": model.btyd.to_dict() if model.btyd is not None else None,
         "training": model.training,
     }
     (folder / HAZARD_BOOSTER).write_text(model.booster.model_to_string())
@@ -695,6 +750,7 @@ def read_hazard_model(folder: Path) -> HazardModel:
         calibrator = (
             Calibrator.from_dict(doc["calibrator"]) if doc.get("calibrator") is not None else None
         )
+        btyd = BGNBD.from_dict(doc["btyd"], "btyd") if doc.get("btyd") is not None else None
     except ModelFormatError as err:
         raise ModelFormatError(f"{path}: {err}") from None
     boosters = {}
@@ -709,7 +765,8 @@ def read_hazard_model(folder: Path) -> HazardModel:
             booster = lgb.Booster(model_str=bpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, lgb.basic.LightGBMError) as err:
             raise ModelFormatError(f"{bpath}: not a LightGBM text model ({err})") from None
-        if booster.feature_name() != [*features, PERIOD]:
+        inputs = [*features, PERIOD, *(BTYD_INPUTS if btyd is not None else ())]
+        if booster.feature_name() != inputs:
             raise ModelFormatError(f"{bpath}: its features differ from those of {path.name}")
         boosters[key] = booster
     return HazardModel(
@@ -722,5 +779,6 @@ def read_hazard_model(folder: Path) -> HazardModel:
         count_booster=boosters["count"],
         calibrator=calibrator,
         count_scale=float(scale),
+        btyd=btyd,
         training=dict(doc.get("training") or {}),
     )
