@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         demo_customers=args.demo_customers,
         cdnow_customers=args.cdnow_customers,
         seed=args.seed,
-        plot=PLOT if "cdnow" in datasets else None,
+        # --no-write leaves the committed figure alone too.
+        plot=PLOT if "cdnow" in datasets and not args.no_write else None,
         progress=lambda msg: print(f"[{time.perf_counter() - began:6.1f} s] {msg}", flush=True),
     )
     body = report_markdown(result)

@@ -420,11 +420,20 @@ def default_data_dir() -> Path:
     return (Path(base).expanduser() if base else PROJECT_ROOT / "data") / "bench_hazard"
 
 
-def demo_params(params: Params, days: int, rows_per_snapshot: int | None) -> Params:
-    """The demo run's parameters: the simulated period, training rows at one period."""
+DEMO_START = "2024-01-01"  # + 730 days ends in the past: the simulator caps at the clock
+
+
+def demo_params(
+    params: Params, days: int, rows_per_snapshot: int | None, start: str = DEMO_START
+) -> Params:
+    """The demo run's parameters: the simulated period, training rows at one period.
+
+    The simulator ends its period at the wall clock when ``start + days`` is in the
+    future, so a fixed start far enough back keeps the data the same from run to run.
+    """
     return params.model_copy(
         update={
-            "simulate": params.simulate.model_copy(update={"days": days}),
+            "simulate": params.simulate.model_copy(update={"days": days, "start": start}),
             "labels": params.labels.model_copy(update={"horizon_days": params.hazard.period_days}),
             "training": params.training.model_copy(
                 update={"max_rows_per_snapshot": rows_per_snapshot}

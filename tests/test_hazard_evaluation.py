@@ -189,3 +189,17 @@ def test_cdnow_tables_and_report_rows():
     assert [x.split(" | ")[0] for x in tracking] == [f"| {ev.NAMES[m]}" for m in methods]
     assert all(x.endswith("% |") for x in tracking)
     assert any(x.startswith("**Verdict (CDNOW).**") for x in lines)
+
+
+def test_bench_hazard_command_rejects_an_unknown_dataset(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("ENGAGE_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["bench", "hazard", "--dataset", "nope"])
+    assert result.exit_code != 0
+    assert "--dataset must be one of demo, cdnow, both, got 'nope'" in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ValueError, match=r"datasets: \['x'\]; use demo and / or cdnow"):
+        ev.run_hazard_benchmark(tmp_path, datasets=("x",))
