@@ -113,6 +113,12 @@ def test_count_frame_counts_purchase_days_and_keeps_repeat_periods():
     )
     cf = hz.count_frame(r, ev, T0 + 20 * D, HP, "purchase")
     assert cf[[hz.PERIOD, hz.LABEL]].values.tolist() == [[1, 1], [2, 2]]
+    # An as-of time inside a day: the purchase before it is a feature, the one after a label.
+    noon = rows(("a", T0 + pd.Timedelta(hours=3)))
+    cf = hz.count_frame(noon, ev, T0 + 20 * D, HP, "purchase")
+    assert cf[[hz.PERIOD, hz.LABEL]].values.tolist() == [[1, 1], [2, 2]]
+    late = rows(("a", T0 + pd.Timedelta(hours=6)))
+    assert hz.count_frame(late, ev, T0 + 20 * D, HP, "purchase")[hz.LABEL].tolist() == [0, 2]
 
 
 def test_frames_reject_bad_inputs():

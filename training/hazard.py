@@ -220,19 +220,24 @@ def count_frame(
     K = hp.h_max_periods
     as_of = _ns(rows[TIMESTAMP])
     n_obs = np.clip((end.value - as_of.asi8) // p_ns, 0, K).astype(int)
-    # Purchase days: a contact's events of one date count once (as BG/NBD counts).
+    # Purchase days: a contact's events of one UTC date in one period count once (as
+    # BG/NBD counts), and only those at or after the as-of time.
     ev = events.loc[events[EVENT_TYPE] == event_type, [CUSTOMER_ID, EVENT_TIME]]
-    day = pd.to_datetime(ev[EVENT_TIME], utc=True).dt.floor("D")
-    days = pd.DataFrame({ENTITY_KEY: ev[CUSTOMER_ID].to_numpy(), "_day": day.to_numpy()})
-    days = days.drop_duplicates()
+    t = _ns(ev[EVENT_TIME])
+    times = pd.DataFrame(
+        {ENTITY_KEY: ev[CUSTOMER_ID].to_numpy(), "_t": t.asi8, "_day": t.floor("D").asi8}
+    )
     left = pd.DataFrame({ENTITY_KEY: rows[ENTITY_KEY].to_numpy(), "_asof": as_of.asi8})
     left["_row"] = np.arange(len(rows))
-    j = left.merge(days, on=ENTITY_KEY, how="inner")
-    delta = _ns(j["_day"]).asi8 - j["_asof"].to_numpy()
-    kk = delta // p_ns  # 0-based period of the event day
+    j = left.merge(times, on=ENTITY_KEY, how="inner")
+    delta = j["_t"].to_numpy() - j["_asof"].to_numpy()
+    kk = delta // p_ns  # 0-based period of the event
     ok = (delta >= 0) & (kk < n_obs[j["_row"].to_numpy()])
+    hit = pd.DataFrame(
+        {"r": j["_row"].to_numpy()[ok], "k": kk[ok], "d": j["_day"].to_numpy()[ok]}
+    ).drop_duplicates()
     counts = np.zeros((len(rows), K), dtype=np.int32)
-    np.add.at(counts, (j["_row"].to_numpy()[ok], kk[ok].astype(int)), 1)
+    np.add.at(counts, (hit["r"].to_numpy(), hit["k"].to_numpy().astype(int)), 1)
     mask = np.arange(K)[None, :] < n_obs[:, None]
     r, c = np.nonzero(mask)
     out = rows.iloc[r].reset_index(drop=True)
