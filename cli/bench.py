@@ -1,7 +1,9 @@
-"""``engage bench cdnow`` and ``engage bench backtest``: the models against baselines.
+"""``engage bench cdnow``, ``hazard`` and ``backtest``: the models against baselines.
 
 ``cdnow``: the CDNOW 39-week holdout (``evaluation/cdnow.py``; ``python -m
-benchmarks.bench_cdnow`` records it in BENCHMARKS.md). ``backtest``: the whole public
+benchmarks.bench_cdnow`` records it in BENCHMARKS.md). ``hazard``: the time-to-event
+models on the demo data and CDNOW (``evaluation/hazard.py``; ``python -m
+benchmarks.bench_hazard`` records it). ``backtest``: the whole public
 pipeline at a grid of cut dates, judged on the period after each cut
 (``evaluation/backtest.py``; ``python -m benchmarks.bench_backtest`` records it).
 """
@@ -83,6 +85,87 @@ def cdnow_command(
     out = out or c.paths.reports_dir / "bench_cdnow.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(bench.report_markdown(result), encoding="utf-8")
+    console.print(f"report: {escape(str(out))}")
+    console.print(f"[dim]{result['seconds']:.0f} s, peak RSS {result['peak_rss_mb']:,.0f} MB[/dim]")
+
+
+@bench_app.command("hazard")
+def hazard_command(
+    ctx: typer.Context,
+    dataset: Annotated[
+        str, typer.Option(help="demo (simulated), cdnow (real data) or both.")
+    ] = "both",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="The benchmark's own folder (default: <data dir>/bench_hazard)."),
+    ] = None,
+    demo_customers: Annotated[
+        int, typer.Option(help="Contacts simulated for the demo part.", min=200)
+    ] = 4000,
+    cdnow_customers: Annotated[
+        int | None, typer.Option(help="CDNOW: a random sample of this many customers.", min=200)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Simulation and sampling seed.")] = 42,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Markdown report (default: <data dir>/reports/bench_hazard.md)."),
+    ] = None,
+) -> None:
+    """Time-to-event (hazard) models vs fixed-horizon LightGBM, BG/NBD and Pareto/NBD."""
+    from evaluation import hazard as bench
+
+    c = context(ctx)
+    datasets = {"both": ("demo", "cdnow"), "demo": ("demo",), "cdnow": ("cdnow",)}.get(dataset)
+    if datasets is None:
+        fail(f"--dataset must be one of demo, cdnow, both, got {dataset!r}")
+    folder = data_dir or c.paths.data_dir / "bench_hazard"
+    out = out or c.paths.reports_dir / "bench_hazard.md"
+    began = time.perf_counter()
+    try:
+        result = bench.run_hazard_benchmark(
+            folder,
+            datasets=datasets,
+            demo_customers=demo_customers,
+            cdnow_customers=cdnow_customers,
+            seed=seed,
+            plot=out.with_name("bench_hazard_tracking.png") if "cdnow" in datasets else None,
+            progress=lambda m: console.print(
+                f"[dim]{time.perf_counter() - began:6.1f} s[/dim] {escape(m)}"
+            ),
+        )
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        fail(str(err))
+    table = Table(title="hazard model: one fit, every horizon")
+    for col in ("data", "model", "horizon", "method", "ROC-AUC", "Brier", "ECE"):
+        table.add_column(col, justify="right" if col[0].isupper() else "left")
+    for model, r in (result["demo"] or {}).get("models", {}).items():
+        for h, ms in r["metrics"].items():
+            for m in ("hazard", "fixed"):
+                x = ms[m]
+                table.add_row(
+                    "demo",
+                    model,
+                    f"{h} d",
+                    m,
+                    f"{x['roc_auc']:.3f}",
+                    f"{x['brier']:.4f}",
+                    f"{x['ece']:.3f}",
+                )
+    if result["cdnow"]:
+        for h, ms in result["cdnow"]["tables"]["probability"].items():
+            for m, x in ms.items():
+                table.add_row(
+                    "cdnow",
+                    "appetence",
+                    f"{h // 7} w",
+                    m,
+                    f"{x['roc_auc']:.3f}",
+                    f"{x['brier']:.4f}",
+                    f"{x['ece']:.3f}",
+                )
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(bench.report_markdown(result) + "\n", encoding="utf-8")
     console.print(f"report: {escape(str(out))}")
     console.print(f"[dim]{result['seconds']:.0f} s, peak RSS {result['peak_rss_mb']:,.0f} MB[/dim]")
 

@@ -251,7 +251,7 @@ def score_latest(c: Context) -> str:
     try:
         snap = pick_snapshot(c.paths.features_dir)
         champions = load_champions(c.paths, c.params)
-        run_id = planned_run_id(c.paths, c.params, snap.as_of, champions.versions)
+        run_id = planned_run_id(c.paths, c.params, snap.as_of, champions.identity)
         if run_path(c.paths, run_id).exists():
             console.print(f"run {run_id}: already scored (same snapshot, models and rules)")
             return run_id

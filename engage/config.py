@@ -265,6 +265,47 @@ class TrainingParams(_Section):
     lightgbm: LightGBMParams
 
 
+class HazardParams(_Section):
+    """Discrete-time hazard models (``training/hazard.py``): one fit, any horizon.
+
+    A contact at an as-of time is followed for ``h_max_periods`` periods of
+    ``period_days`` days; ``horizons_days`` are the horizons reported and scored, each at
+    most ``period_days * h_max_periods`` days.
+    """
+
+    period_days: Days
+    h_max_periods: Annotated[Int, Field(gt=0, le=520)]
+    horizons_days: Windows
+    max_rows_per_snapshot: Annotated[Int, Field(gt=0)] | None
+
+    @model_validator(mode="after")
+    def _horizons_within_h_max(self) -> HazardParams:
+        h_max = self.period_days * self.h_max_periods
+        if h_max > MAX_DAYS:
+            _raise(
+                [
+                    _Issue(
+                        "h_max_periods",
+                        f"period_days x h_max_periods = {h_max} days, more than {MAX_DAYS}",
+                        ("period_days",),
+                    )
+                ]
+            )
+        beyond = sorted(h for h in self.horizons_days if h > h_max)
+        if beyond:
+            _raise(
+                [
+                    _Issue(
+                        "horizons_days",
+                        f"{beyond} exceed the followed time period_days x h_max_periods = "
+                        f"{self.period_days} x {self.h_max_periods} = {h_max} days",
+                        ("period_days", "h_max_periods"),
+                    )
+                ]
+            )
+        return self
+
+
 class MlflowParams(_Section):
     dir: Text
 
@@ -446,6 +487,7 @@ class Params(_Section):
     feast: FeastParams
     labels: LabelsParams
     training: TrainingParams
+    hazard: HazardParams
     mlflow: MlflowParams
     index: IndexParams
     segments: SegmentsParams

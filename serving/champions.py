@@ -37,6 +37,18 @@ class Champions:
         return self.models[name]
 
     @property
+    def identity(self) -> dict[str, str]:
+        """Per model: ``v<version> <horizon>d <content digest>``, what a scoring run id hashes.
+
+        The content and the horizon count, not only the version numbers: a registry
+        rebuilt elsewhere can give another model the same version number.
+        """
+        return {
+            name: f"v{self.versions.get(name, '?')} {model.horizon_days}d {model.digest()}"
+            for name, model in self.models.items()
+        }
+
+    @property
     def missing(self) -> tuple[str, ...]:
         """The models of the product with no champion here (in :data:`MODEL_NAMES` order)."""
         return tuple(m for m in MODEL_NAMES if m not in self.models)

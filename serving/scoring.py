@@ -156,17 +156,20 @@ def score_frame(
 
 def default_run_id(
     as_of: pd.Timestamp,
-    versions: dict[str, str],
+    models: dict[str, str],
     params: Params,
     previous_run: str | None = None,
 ) -> str:
     """``<as-of date>-<hash>``: the same snapshot, models, rules and previous run give the same id.
 
-    The previous run counts because the stability rule reads its stages.
+    ``models`` is :attr:`serving.champions.Champions.identity` (version, horizon and a
+    digest of each model's content), so a model that answers differently, or for another
+    horizon, gives another run id even under the same version number. The previous run
+    counts because the stability rule reads its stages.
     """
     decided_by = {
         "as_of": to_utc(as_of).isoformat(),
-        "versions": versions,
+        "models": models,
         "index": params.index.model_dump(),
         "segments": params.segments.model_dump(),
         "value": params.value.model_dump(),
@@ -179,7 +182,7 @@ def default_run_id(
 
 
 def planned_run_id(
-    paths: Paths, params: Params, as_of: pd.Timestamp, versions: dict[str, str]
+    paths: Paths, params: Params, as_of: pd.Timestamp, models: dict[str, str]
 ) -> str:
     """The default run id :func:`score` gives the snapshot at ``as_of`` with these models.
 
@@ -187,7 +190,7 @@ def planned_run_id(
     caller can tell whether that exact run is already stored before scoring.
     """
     previous = run_before(paths, to_utc(as_of))
-    return default_run_id(as_of, versions, params, previous.run_id if previous else None)
+    return default_run_id(as_of, models, params, previous.run_id if previous else None)
 
 
 @dataclass
@@ -344,7 +347,7 @@ def _score(
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
     run_id = run_id or default_run_id(
-        snap.as_of, champions.versions, params, previous.run.run_id if previous.run else None
+        snap.as_of, champions.identity, params, previous.run.run_id if previous.run else None
     )
     scored_at = pd.Timestamp.now(tz="UTC")
     explainers = None

@@ -138,3 +138,37 @@ def test_short_histories_get_denser_snapshots():
     # Enough history: the configured spacing is kept.
     long = snapshot_times(T("2024-01-01", tz="UTC"), last, 7, 60, horizon_days=30, min_labelled=24)
     assert long == snapshot_times(T("2024-01-01", tz="UTC"), last, 7, 60)
+
+
+def test_a_run_id_follows_the_models_content_and_horizon_not_only_their_versions():
+    from dataclasses import replace
+
+    from serving.scoring import default_run_id
+
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"days_since_last_event": rng.uniform(0, 60, 300)})
+    y = (train["days_since_last_event"] > 30).astype(int).to_numpy()
+
+    def fit(seed_rows: int, horizon: int):
+        return fit_logistic(
+            "churn", ["days_since_last_event"], train.head(seed_rows), y[:seed_rows], 0,
+            {"horizon_days": horizon},
+        )  # fmt: skip
+
+    one, same, other_fit, other_horizon = fit(300, 30), fit(300, 30), fit(200, 30), fit(300, 60)
+    assert one.digest() == same.digest()  # the same answers, whatever the training facts
+    same.training["train_rows"] = 12345
+    assert one.digest() == same.digest()
+    assert other_fit.digest() != one.digest() and other_horizon.digest() != one.digest()
+
+    as_of = T("2025-06-01", tz="UTC")
+
+    def run_id(model) -> str:
+        champions = Champions({"churn": model}, {"churn": "3"})  # one version number
+        return default_run_id(as_of, champions.identity, PARAMS)
+
+    assert run_id(one) == run_id(replace(one)) == run_id(same)
+    assert run_id(other_fit) != run_id(one) != run_id(other_horizon)
+    assert (
+        Champions({"churn": other_horizon}, {"churn": "3"}).identity["churn"].startswith("v3 60d ")
+    )

@@ -32,6 +32,7 @@ ships it inside every logged model (``code_paths``) for ``mlflow.pyfunc.load_mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -488,6 +489,28 @@ class EngageModel:
     def feature_service(self) -> str:
         """The Feast FeatureService the model reads (training and serving alike)."""
         return str(self.trained_for.get("feature_service", ""))
+
+    def digest(self) -> str:
+        """A hash of what decides the model's answers (not of its training facts).
+
+        Kind, features, trees, calibrator, linear and BG/NBD parts, and what it was
+        trained for (horizon, label rule): two models that answer alike have the same
+        digest whatever their registry versions; a change in any of these changes it.
+        """
+        doc = {
+            "kind": self.kind,
+            "features": list(self.features),
+            "calibrator": self.calibrator.to_dict(),
+            "trained_for": self.trained_for,
+            "linear": self.linear.to_dict() if self.linear is not None else None,
+            "btyd": self.btyd.to_dict() if self.btyd is not None else None,
+            "derived": list(self.derived),
+            "reference": list(self.reference),
+        }
+        h = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode())
+        if self.booster is not None:
+            h.update(self.booster.model_to_string().encode())
+        return h.hexdigest()[:12]
 
     @property
     def horizon_days(self) -> int | None:
