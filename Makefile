@@ -13,7 +13,7 @@ export FEAST_USAGE := False
 FEAST_DATA_DIR ?= $(or $(ENGAGE_DATA_DIR),data)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-dev run test test-fast test-reliability lint format mlflow-ui feast-ui serve clean
+.PHONY: help venv install install-dev run test test-fast test-scale test-reliability lint format mlflow-ui feast-ui serve clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -28,7 +28,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e ".[dev,benchmarks]"
+	$(BIN)/pip install --quiet -e ".[dev,benchmarks,scale]"
+	@# The scale extra's Spark runs on a Java 17+ runtime: install Debian's when absent
+	@# (best effort), then fail with the reason if there is still none.
+	@command -v java >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		openjdk-17-jre-headless) >/dev/null 2>&1; } || true
+	@java -version >/dev/null 2>&1 || { echo "Java is missing: the scale extra (pyspark) needs a Java 17+ runtime on PATH (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -nE '1s/.*version "(1\.)?([0-9]+).*/\2/p'); [ "$${v:-0}" -ge 17 ] || \
+		{ echo "Java $$v found: the scale extra (pyspark 4) needs Java 17 or later"; exit 1; }
+	@# redis-server for the Redis online-store tests (Debian package). Best effort: where
+	@# apt is missing or not root, those tests skip and say why.
+	@command -v redis-server >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+		>/dev/null 2>&1 || echo "redis-server not installed: the Redis online-store tests will skip"; }
 	@# Headless Chromium for the report's browser test (Debian package). Best effort: where
 	@# apt is missing or not root, the test skips and says why.
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
@@ -40,7 +53,7 @@ venv: $(BIN)/python ## create the virtual environment (.venv)
 
 install: $(STAMP) ## install the project and its runtime dependencies
 
-install-dev: $(DEV_STAMP) ## install with the dev extras (pytest, ruff, nbclient)
+install-dev: $(DEV_STAMP) ## install with the dev and scale extras (pytest, ruff, pyspark, redis; needs Java 17+)
 
 run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
 	$(BIN)/engage run
@@ -51,7 +64,10 @@ test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
 
 test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about a minute)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not scale"
+
+test-scale: $(DEV_STAMP) ## the Spark (local[2]) and Redis tests: a redis-server on a free loopback port, started and stopped by the tests (about 2 min)
+	$(BIN)/python -m pytest -q -m scale
 
 test-reliability: $(DEV_STAMP) ## heavy cases: every kill point of every batch step, long API fuzzing, slow clients, every start-up failure, the end-to-end backtest (~40 min)
 	$(BIN)/python -m pytest -q -m reliability_heavy

@@ -45,7 +45,8 @@ def build_features(c: Context, as_of: list[str] | None) -> None:
                 latest = max(summary.snapshots)
                 materialize_snapshot(store, latest)
                 bar.advance(t2)
-    except (FileNotFoundError, ValueError, StoreBusyError) as err:
+    except (FileNotFoundError, ValueError, StoreBusyError, ImportError) as err:
+        # ImportError: compute.engine is spark without the scale extra (the message says so).
         fail(str(err))
     from features.coverage import store_coverage
 

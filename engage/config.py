@@ -209,6 +209,13 @@ class FeastParams(_Section):
     repo: Text
     # Feast's rule, without the hyphen its SQLite online stores cannot take.
     project: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")]
+    # packed_sqlite: a file under the data dir (features/online_store.py); redis: Feast's
+    # Redis store at redis_connection_string, shared by every service process.
+    online_store: Literal["packed_sqlite", "redis"]
+    # Feast's format: host:port, then optional ,key=value (db=0, password=..., ssl=true).
+    redis_connection_string: Annotated[
+        str, StringConstraints(pattern=r"^[^\s:,]+:[0-9]{1,5}(,[A-Za-z_]+=[^\s,]*)*$")
+    ]
 
 
 class LabelsParams(_Section):
@@ -414,6 +421,63 @@ class MonitoringParams(_Section):
         return self
 
 
+class ComputeParams(_Section):
+    # Which engine builds the features (README, "Scale-out"): DuckDB on this host, or
+    # Spark (the `scale` extra) at spark.master. Both write the same snapshot files.
+    engine: Literal["duckdb", "spark"]
+
+
+# What SparkSession.builder.master accepts: local[N|*] (optionally ,F retries), a
+# standalone / Mesos / Kubernetes URL, YARN, or a Spark Connect URL.
+_SPARK_MASTER = r"^(local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?|yarn|(spark|mesos|k8s|sc)://\S+)$"
+_SPARK_KEY = r"^spark\.[A-Za-z0-9_.-]+$"
+# Keys engage sets itself: the master has its own setting, and the build's times are UTC.
+_SPARK_OWN_KEYS = {
+    "spark.master": "set spark.master instead",
+    "spark.sql.session.timeZone": "engage runs Spark in UTC, like every stored time",
+}
+
+
+def _spark_master(value: str) -> str:
+    if not re.match(_SPARK_MASTER, value):
+        raise ValueError(
+            f"not a Spark master URL: {value!r} (local[*], local[N], spark://host:port, "
+            "yarn, k8s://..., sc://...)"
+        )
+    return value
+
+
+def _spark_value(value: Any) -> Any:
+    # Spark takes every setting as a string; YAML gives numbers and booleans.
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    if value == "":
+        raise ValueError("empty: a Spark setting needs a value")
+    return value
+
+
+class SparkParams(_Section):
+    master: Annotated[str, AfterValidator(_spark_master)]
+    # Passed to SparkSession.builder.config (e.g. spark.driver.memory: 2g).
+    conf: dict[
+        Annotated[str, StringConstraints(pattern=_SPARK_KEY)],
+        Annotated[str, BeforeValidator(_spark_value)],
+    ]
+
+    @model_validator(mode="after")
+    def _no_own_keys(self) -> SparkParams:
+        _raise(
+            [
+                _Issue(f"conf.{key}", f"not allowed here: {why}", ())
+                for key, why in _SPARK_OWN_KEYS.items()
+                if key in self.conf
+            ]
+        )
+        return self
+
+
 class Params(_Section):
     """All parameters; ``profile`` records which profile was applied (None: none)."""
 
@@ -433,6 +497,8 @@ class Params(_Section):
     leads: LeadsParams
     serving: ServingParams
     monitoring: MonitoringParams
+    compute: ComputeParams
+    spark: SparkParams
     profile: str | None
 
     @model_validator(mode="after")

@@ -24,8 +24,9 @@ How a snapshot is computed (:class:`FeatureBuilder`):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -127,6 +128,20 @@ def _window(stat: str) -> tuple[str, int] | None:
     """``("n", 30)`` for ``n_30``; None for an all-time statistic."""
     kind, _, days = stat.partition("_")
     return (kind, int(days)) if kind in ("n", "s") and days.isdigit() else None
+
+
+def build_specs(params: Params, unknown_money: bool = False) -> list[FeatureSpec]:
+    """The catalog's features as a build computes them (the DuckDB and Spark builds).
+
+    With ``unknown_money`` (a store ingested with ``--no-amounts``) the money features
+    (:func:`features.catalog.money_features`) are null, not 0: a purchase with no
+    recorded amount is not a free purchase.
+    """
+    specs = feature_specs(params)
+    if not unknown_money:
+        return specs
+    money = set(money_features(params))
+    return [replace(s, sql="NULL", zero=False) if s.name in money else s for s in specs]
 
 
 def check_stats(columns: Sequence[tuple[str, str]], event_types: Sequence[str]) -> None:
@@ -324,13 +339,7 @@ class FeatureBuilder:
     unknown_money: bool = False
 
     def __post_init__(self) -> None:
-        self.specs = feature_specs(self.params)
-        if self.unknown_money:
-            # Null, not 0: a purchase with no recorded amount is not a free purchase.
-            money = set(money_features(self.params))
-            self.specs = [
-                replace(s, sql="NULL", zero=False) if s.name in money else s for s in self.specs
-            ]
+        self.specs = build_specs(self.params, self.unknown_money)
         self.sql = build_sql(self.specs)
         self._columns = stat_columns(self.specs)
         check_stats(self._columns, self.params.data.event_types)
@@ -483,6 +492,13 @@ class FeatureBuilder:
             fp.min_labelled_snapshots,
         )
 
+    def tables(
+        self, times: Sequence[pd.Timestamp], created: pd.Timestamp
+    ) -> Iterator[tuple[pd.Timestamp, pa.Table]]:
+        """Each snapshot of ``times``, oldest first (the all-time statistics carry over)."""
+        for t in sorted(times):
+            yield t, self.snapshot(t, created)
+
     def close(self) -> None:
         self.con.close()
 
@@ -509,8 +525,12 @@ def build_features(
     out_dir: Path,
     as_of: Sequence[pd.Timestamp] | None = None,
     progress: Callable[[pd.Timestamp], None] | None = None,
+    session: object | None = None,
 ) -> BuildSummary:
     """Compute snapshots and make them the stored set, one Parquet file per as-of time.
+
+    ``params.compute.engine`` picks the engine: DuckDB on this host, or Spark
+    (:mod:`features.spark_build`); both write the same files.
 
     The build owns the set (:class:`features.snapshots.SnapshotSet`): once it
     succeeds, the folder holds exactly the snapshots of ``as_of`` (or of the default
@@ -526,6 +546,8 @@ def build_features(
         out_dir: the features folder; files go to ``out_dir/customer_features/``.
         as_of: as-of times; default: every ``snapshot_every_days`` up to "now".
         progress: called after each snapshot is written.
+        session: the SparkSession to use when the engine is Spark (default: one at
+            ``spark.master``, stopped at the end).
 
     Returns:
         What was written.
@@ -539,21 +561,33 @@ def build_features(
     from engage.data.store import reading, store_flags
 
     timeout = params.data.lock_timeout_s
-    with features_lock(out_dir, timeout=timeout):
-        with reading(events_path, timeout=timeout):
-            unknown_money = store_flags(events_path)["no_amounts"]
+    spark = params.compute.engine == "spark"
+    with features_lock(out_dir, timeout=timeout), contextlib.ExitStack() as events_lock:
+        events_lock.enter_context(reading(events_path, timeout=timeout))
+        unknown_money = store_flags(events_path)["no_amounts"]
+        if spark:  # Spark reads the events lazily, during the job: keep the lock throughout
+            from features.spark_build import SparkFeatureBuilder
+
+            builder = SparkFeatureBuilder(
+                params,
+                events_path,
+                customers_path,
+                Path(out_dir) / ".spark_staging",
+                session,
+                unknown_money=unknown_money,
+            )
+        else:
             builder = FeatureBuilder(
                 params, events_path, customers_path, unknown_money=unknown_money
             )
+            events_lock.close()
         snapshots = SnapshotSet(Path(out_dir))
         try:
             times = [to_utc(t) for t in as_of] if as_of else builder.snapshot_times()
             times = sorted(set(times))
             created = pd.Timestamp.now(tz="UTC")
             rows = 0
-            # Oldest first, so the builder carries its all-time statistics forward.
-            for t in times:
-                table = builder.snapshot(t, created)
+            for t, table in builder.tables(times, created):
                 snapshots.write(table, t, _dictionary_columns(table.schema))
                 rows += table.num_rows
                 if progress:

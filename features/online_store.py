@@ -113,6 +113,12 @@ def _epoch_us(ts: Any) -> int | None:
     return int(stamp.value // 1000)
 
 
+def _column_us(column: pd.Series) -> list[int]:
+    # Epoch µs whatever the column's unit: a Parquet snapshot reads back as
+    # datetime64[us], where astype("int64") is already µs (not ns).
+    return pd.to_datetime(column, utc=True).dt.as_unit("us").astype("int64").tolist()
+
+
 def _utc(us: int | None) -> datetime | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, tz=UTC)
 
@@ -350,12 +356,8 @@ class PackedSqliteOnlineStore(OnlineStore):
         if missing:
             raise ValueError(f"write_frame: view {view.name!r} columns missing: {missing}")
         values = frame[[f for f, _ in layout]].to_numpy(dtype="float64", na_value=np.nan)
-        events = (pd.to_datetime(frame[event_column], utc=True).astype("int64") // 1000).tolist()
-        created = (
-            (pd.to_datetime(frame[created_column], utc=True).astype("int64") // 1000).tolist()
-            if created_column
-            else [None] * len(frame)
-        )
+        events = _column_us(frame[event_column])
+        created = _column_us(frame[created_column]) if created_column else [None] * len(frame)
         self._insert(conn, into or name, layout, keys, events, created, values)
         return len(frame)
 

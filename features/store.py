@@ -54,6 +54,12 @@ def repo_config(paths: Paths, read_only: bool = False, registry: Path | None = N
     raw["project"] = paths.params.feast.project
     raw["registry"]["path"] = str(registry_path(paths))
     raw["online_store"]["path"] = str(paths.feast_dir / ONLINE_STORE_DB)
+    if uses_redis(paths):
+        # Feast's own Redis store (features/redis_store.py reads and bulk-writes it).
+        raw["online_store"] = {
+            "type": "redis",
+            "connection_string": paths.params.feast.redis_connection_string,
+        }
     if read_only:
         if raw["online_store"].get("type") == PACKED_STORE:
             raw["online_store"]["read_only"] = True
@@ -71,6 +77,11 @@ def repo_config(paths: Paths, read_only: bool = False, registry: Path | None = N
     config = RepoConfig(**raw)
     config.repo_path = paths.feature_repo
     return config
+
+
+def uses_redis(paths: Paths) -> bool:
+    """Whether the online store is Feast's Redis store (``feast.online_store: redis``)."""
+    return paths.params.feast.online_store == "redis"
 
 
 def get_store(paths: Paths):
@@ -96,7 +107,9 @@ def open_store_read_only(paths: Paths):
     """
     from feast import FeatureStore
 
-    needed = (paths.feast_dir / REGISTRY_DB, paths.feast_dir / ONLINE_STORE_DB)
+    needed = (paths.feast_dir / REGISTRY_DB,)
+    if not uses_redis(paths):  # a Redis server is checked by the first read instead
+        needed += (paths.feast_dir / ONLINE_STORE_DB,)
     missing = [p for p in needed if not p.is_file()]
     if missing:
         raise FeatureStoreUnavailable(
@@ -219,7 +232,10 @@ def materialize_snapshot(
     than Feast's per-value path) into staging tables, swapped in for the live ones in one
     transaction at the end: the online store then holds exactly the snapshot (contacts
     not in it are gone), and a reader sees the old contents or the new, never part of
-    each; a killed load leaves the old contents. Any other online store configured in
+    each; a killed load leaves the old contents. With Feast's Redis store (single node)
+    each chunk is one pipelined bulk write in Feast's own layout
+    (:func:`features.redis_store.write_frame`), an upsert per contact like the next
+    case. Any other online store configured in
     ``feature_store.yaml`` gets the same rows through ``store.write_to_online_store``
     (an upsert per contact: contacts not in the snapshot keep their old rows there).
     Unlike ``store.materialize`` this records no materialization interval in the registry
@@ -236,6 +252,7 @@ def materialize_snapshot(
 
     online = store._get_provider().online_store
     packed = isinstance(online, PackedSqliteOnlineStore)
+    redis_client = _redis_bulk_client(store)
     version = store.config.entity_key_serialization_version
     views: dict[Path, list] = {}
     for view in store.list_feature_views():
@@ -257,11 +274,15 @@ def materialize_snapshot(
             size = max(1, -(-n // -(-n // chunk_rows))) if n else chunk_rows
             for batch in file.iter_batches(batch_size=size):
                 frame = batch.to_pandas()
-                if packed:
+                if packed or redis_client is not None:
                     # Serialized once per chunk, shared by the views.
                     keys = entity_key_bytes(ENTITY_KEY, frame[ENTITY_KEY].astype(str), version)
                 for view in group:
-                    if packed:
+                    if redis_client is not None:
+                        from features.redis_store import write_frame
+
+                        write_frame(redis_client, store.config, view, frame, keys, TIMESTAMP)
+                    elif packed:
                         online.write_frame(
                             store.config,
                             view,
@@ -283,6 +304,17 @@ def materialize_snapshot(
             online.drop_staging(store.config, staging)
         raise
     return rows
+
+
+def _redis_bulk_client(store):
+    """A client for the pipelined bulk write when the store is Feast's Redis, else None."""
+    cfg = store.config.online_store
+    # A Redis cluster or sentinel keeps Feast's stock write path.
+    if getattr(cfg, "type", None) != "redis" or getattr(cfg, "redis_type", None) != "redis":
+        return None
+    from features.redis_store import client_for
+
+    return client_for(store.config)
 
 
 def historical_features(store, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:

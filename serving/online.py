@@ -230,7 +230,11 @@ class OnlinePredictor:
         return services[0] if len(services) == 1 else refs
 
     def _direct_plan(self):
-        """How to read the packed online store without the Feast SDK, or None.
+        """How to read the online store without the Feast SDK, or None.
+
+        Direct reads exist for the packed SQLite store and Feast's Redis store (single
+        node, :class:`features.redis_store.RedisDirectReader`); both give the same
+        matrices (tests/test_redis_store.py).
 
         The feature services still define what is read (views and features); only the
         SDK's per-value protobuf round trip is skipped, most of a one-contact lookup.
@@ -240,7 +244,9 @@ class OnlinePredictor:
 
         online = self.store._get_provider().online_store
         if not isinstance(online, PackedSqliteOnlineStore):
-            return None
+            online = _redis_reader(self.store.config)
+            if online is None:
+                return None
         by_view: dict[str, list[str]] = {}
         for service in self._services:
             for p in service.feature_view_projections:
@@ -492,6 +498,16 @@ class OnlinePredictor:
         if problems:
             raise RequestError("; ".join(problems))
         return X
+
+
+def _redis_reader(config):
+    """The direct reader of Feast's Redis store (single node), or None for any other."""
+    cfg = config.online_store
+    if getattr(cfg, "type", None) != "redis" or getattr(cfg, "redis_type", None) != "redis":
+        return None
+    from features.redis_store import RedisDirectReader
+
+    return RedisDirectReader(config)
 
 
 def _shown(v: float) -> str:

@@ -101,7 +101,9 @@ def check_stores(paths: Paths, params: Params) -> list[str]:
             f"no Feast registry at {registry}: build the features (`engage features build`)"
         )
     online = paths.feast_dir / ONLINE_STORE_DB
-    if not online.is_file():
+    if params.feast.online_store == "redis":
+        pass  # a server, not a file: the predictor's probe (PING) checks it at start-up
+    elif not online.is_file():
         problems.append(
             f"no online store at {online}: build the features (`engage features build`)"
         )

@@ -657,3 +657,76 @@ def test_values_at_the_bounds_are_accepted():
     )
     assert p.labels.horizon_days == MAX_DAYS
     assert p.training.lightgbm.learning_rate == 0.001
+
+
+# ------------------------------------------------------------- compute engine and Spark
+
+
+def test_the_default_engine_is_duckdb_with_a_local_spark_master():
+    p = load_params()
+    assert p.compute.engine == "duckdb"
+    assert p.spark.master == "local[*]"
+    conf = p.spark.conf
+    assert all(isinstance(v, str) for v in conf.values())
+    assert conf["spark.ui.enabled"] == "false"
+
+
+def test_yaml_numbers_and_booleans_in_the_spark_conf_become_sparks_strings():
+    p = load_params(overrides=("spark.conf={spark.ui.enabled: true, spark.executor.cores: 2}",))
+    assert p.spark.conf == {"spark.ui.enabled": "true", "spark.executor.cores": "2"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("compute.engine=polars", r"compute\.engine: Input should be 'duckdb' or 'spark'"),
+        ("spark.master=local[0]", r"spark\.master: not a Spark master URL: 'local\[0\]'"),
+        (
+            "spark.master='http://host:7077'",
+            r"spark\.master: not a Spark master URL: 'http://host:7077'",
+        ),
+        ("spark.master=''", r"spark\.master: not a Spark master URL: ''"),
+        ("spark.conf={driver.memory: 2g}", r"spark\.conf\.'driver\.memory' \(key\)"),
+        (
+            "spark.conf={spark.driver.memory: ''}",
+            r"spark\.conf\.'spark\.driver\.memory': empty: a Spark setting needs a value",
+        ),
+        (
+            "spark.conf={spark.master: 'local[2]'}",
+            r"spark\.conf\.spark\.master: not allowed here: set spark\.master instead",
+        ),
+        (
+            "spark.conf={spark.sql.session.timeZone: Europe/Paris}",
+            r"spark\.conf\.spark\.sql\.session\.timeZone: not allowed here: engage runs Spark "
+            r"in UTC",
+        ),
+    ],
+)
+def test_bad_compute_and_spark_settings_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(overrides=(override,))
+
+
+@pytest.mark.parametrize(
+    "master",
+    [
+        "local",
+        "local[2]",
+        "local[*]",
+        "local[4,3]",
+        "spark://h:7077",
+        "yarn",
+        "k8s://https://h:6443",
+        "sc://h:15002",
+    ],
+)
+def test_every_kind_of_spark_master_is_accepted(master):
+    p = load_params(overrides=("compute.engine=spark", f"spark.master='{master}'"))
+    assert (p.compute.engine, p.spark.master) == ("spark", master)
+
+
+def test_the_spark_conf_mapping_is_replaced_whole_and_frozen():
+    p = load_params(overrides=("spark.conf={spark.sql.shuffle.partitions: 2}",))
+    assert p.spark.conf == {"spark.sql.shuffle.partitions": "2"}
+    with pytest.raises(Exception, match="frozen"):
+        p.spark.master = "yarn"

@@ -187,3 +187,24 @@ def test_a_table_left_by_feasts_stock_sqlite_store_is_replaced_on_apply(config, 
     frame = pd.DataFrame({"customer_id": ["a"], "ts": T0, "n": [2], "x": [0.5]})
     store.write_frame(config, VIEW, frame, entity_key_bytes("customer_id", ["a"]), "ts")
     assert _read(store, config, VIEW, ["a"])[0][1]["n"].int64_val == 2
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "ms"])
+def test_frame_times_are_stored_in_microseconds_whatever_the_columns_unit(config, unit):
+    # A snapshot read from Parquet gives datetime64[us]: its int64 is already µs.
+    store = _applied(config, VIEW)
+    when = pd.Timestamp("2025-05-01 12:34:56.789", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a"],
+            "event_timestamp": pd.Series([when]).astype(f"datetime64[{unit}, UTC]"),
+            "created": pd.Series([when]).astype(f"datetime64[{unit}, UTC]"),
+            "n": [1],
+            "x": [0.5],
+        }
+    )
+    store.write_frame(
+        config, VIEW, frame, entity_key_bytes("customer_id", ["a"]), "event_timestamp", "created"
+    )
+    [(ts, _)] = _read(store, config, VIEW, ["a"])
+    assert ts == when.to_pydatetime()
