@@ -313,6 +313,22 @@ def _epoch_us(ts: pd.Timestamp) -> int:
     return int(to_utc(ts).value // 1000)
 
 
+def default_snapshot_times(
+    params: Params, first: pd.Timestamp, last: pd.Timestamp, now: pd.Timestamp | None = None
+) -> list[pd.Timestamp]:
+    """:func:`snapshot_times` of events from ``first`` to ``last`` with the ``features`` params."""
+    fp = params.features
+    return snapshot_times(
+        first,
+        last,
+        fp.snapshot_every_days,
+        fp.max_snapshots,
+        now,
+        params.labels.horizon_days,
+        fp.min_labelled_snapshots,
+    )
+
+
 @dataclass
 class FeatureBuilder:
     """Loads the events once, then computes one snapshot per call.
@@ -481,16 +497,7 @@ class FeatureBuilder:
 
     def snapshot_times(self, now: pd.Timestamp | None = None) -> list[pd.Timestamp]:
         """Default as-of times for these events (see :func:`snapshot_times`)."""
-        fp = self.params.features
-        return snapshot_times(
-            self.first_event,
-            self.last_event,
-            fp.snapshot_every_days,
-            fp.max_snapshots,
-            now,
-            self.params.labels.horizon_days,
-            fp.min_labelled_snapshots,
-        )
+        return default_snapshot_times(self.params, self.first_event, self.last_event, now)
 
     def tables(
         self, times: Sequence[pd.Timestamp], created: pd.Timestamp

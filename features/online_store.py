@@ -90,7 +90,15 @@ class OnlineStoreUnavailable(RuntimeError):
     """
 
 
-def _kind(view: FeatureView) -> list[tuple[str, str]]:
+def view_layout(view: FeatureView, store: str = "PackedSqliteOnlineStore") -> list[tuple[str, str]]:
+    """(feature, ``int`` | ``float``) of each feature of ``view``, in order.
+
+    The direct paths (this store, the Redis reader) handle Int64 and Float64 only.
+
+    Raises:
+        TypeError: another type; the message names the view, the feature and ``store``.
+
+    """
     layout = []
     for field in view.features:
         if field.dtype == Int64:
@@ -100,7 +108,7 @@ def _kind(view: FeatureView) -> list[tuple[str, str]]:
         else:
             raise TypeError(
                 f"feature view {view.name!r}: feature {field.name!r} is {field.dtype}; "
-                "PackedSqliteOnlineStore stores Int64 and Float64 features only"
+                f"{store} handles Int64 and Float64 features only"
             )
     return layout
 
@@ -218,7 +226,7 @@ class PackedSqliteOnlineStore(OnlineStore):
             layouts = self._read_layouts(conn)
             for view in views:
                 table = self.table_name(config, view)
-                if layouts.get(table) != _kind(view):
+                if layouts.get(table) != view_layout(view):
                     raise OnlineStoreUnavailable(
                         f"online store {path}: no current table for feature view "
                         f"{view.name!r}: rebuild it with `engage features build`"
@@ -259,7 +267,7 @@ class PackedSqliteOnlineStore(OnlineStore):
                 f"online store {self.db_path(config)} has no table for feature view "
                 f"{view.name!r}: run `feast apply` (or `engage features build`) first"
             )
-        if stored != _kind(view):
+        if stored != view_layout(view):
             raise OnlineStoreUnavailable(
                 f"feature view {view.name!r} changed since the online table was created: "
                 "run `feast apply` (or `engage features build`) again"
@@ -283,7 +291,7 @@ class PackedSqliteOnlineStore(OnlineStore):
         with conn:
             stored = self._read_layouts(conn)
             for view in tables_to_keep:
-                table, layout = self.table_name(config, view), _kind(view)
+                table, layout = self.table_name(config, view), view_layout(view)
                 if stored.get(table) != layout:
                     # Packed values are positional: a new feature list invalidates them.
                     conn.execute(f'DROP TABLE IF EXISTS "{table}"')

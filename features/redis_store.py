@@ -36,9 +36,8 @@ import pandas as pd
 from feast import FeatureView
 from feast.infra.online_stores.helpers import _mmh3
 from feast.repo_config import RepoConfig
-from feast.types import Float64, Int64
 
-from features.online_store import MAX_EXACT_INT, OnlineStoreUnavailable
+from features.online_store import MAX_EXACT_INT, OnlineStoreUnavailable, view_layout
 
 if TYPE_CHECKING:
     import redis
@@ -134,18 +133,7 @@ def decode_many(blobs: Sequence[bytes | None]) -> np.ndarray:
 
 
 def _layout(view: FeatureView) -> list[tuple[str, str]]:
-    out = []
-    for field in view.features:
-        if field.dtype == Int64:
-            out.append((field.name, "int"))
-        elif field.dtype == Float64:
-            out.append((field.name, "float"))
-        else:
-            raise TypeError(
-                f"feature view {view.name!r}: feature {field.name!r} is {field.dtype}; "
-                "the direct Redis path handles Int64 and Float64 features only"
-            )
-    return out
+    return view_layout(view, "the direct Redis path")
 
 
 def view_name(config: RepoConfig, view: FeatureView) -> str:

@@ -44,7 +44,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engage.config import Params, SparkParams
-from features.aggregates import TOTAL_STATS, _window, build_specs, check_stats, snapshot_times
+from features.aggregates import (
+    TOTAL_STATS,
+    _window,
+    build_specs,
+    check_stats,
+    default_snapshot_times,
+)
 from features.catalog import (
     CREATED,
     DAY_US,
@@ -270,16 +276,7 @@ class SparkFeatureBuilder:
 
     def snapshot_times(self, now: pd.Timestamp | None = None) -> list[pd.Timestamp]:
         """Default as-of times for these events (see :func:`snapshot_times`)."""
-        fp = self.params.features
-        return snapshot_times(
-            self.first_event,
-            self.last_event,
-            fp.snapshot_every_days,
-            fp.max_snapshots,
-            now,
-            self.params.labels.horizon_days,
-            fp.min_labelled_snapshots,
-        )
+        return default_snapshot_times(self.params, self.first_event, self.last_event, now)
 
     def frame(self, times: Sequence[pd.Timestamp], created: pd.Timestamp) -> DataFrame:
         """Every snapshot of ``times`` as one Spark DataFrame (column ``as_of_us``).
