@@ -218,6 +218,18 @@ def fit_bgnbd(summary: pd.DataFrame, penalizers: tuple[float, ...] = (0.0, 1e-3,
 
     """
     from lifetimes import BetaGeoFitter
+
+    return fit_btyd(BetaGeoFitter, summary, penalizers)
+
+
+def fit_btyd(fitter_class, summary: pd.DataFrame, penalizers: tuple[float, ...]):
+    """A lifetimes fitter (BG/NBD, Pareto/NBD) on a calibration summary, penalizer fallback.
+
+    Raises:
+        lifetimes.utils.ConvergenceError: no penalizer converged.
+        ValueError: ``penalizers`` is empty.
+
+    """
     from lifetimes.utils import ConvergenceError
 
     for i, penalizer in enumerate(penalizers):
@@ -226,7 +238,7 @@ def fit_bgnbd(summary: pd.DataFrame, penalizers: tuple[float, ...] = (0.0, 1e-3,
             # autograd / scipy warn about overflows while the optimiser explores.
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore", RuntimeWarning)
-                return BetaGeoFitter(penalizer_coef=penalizer).fit(
+                return fitter_class(penalizer_coef=penalizer).fit(
                     summary["frequency"], summary["recency"], summary["T"]
                 )
         except ConvergenceError:

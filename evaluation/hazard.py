@@ -31,8 +31,6 @@ Two parts, each on later time than the fit:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import resource
@@ -509,19 +507,10 @@ def fit_pareto(summary: pd.DataFrame, penalizers: tuple[float, ...] = (0.0, 1e-3
 
     """
     from lifetimes import ParetoNBDFitter
-    from lifetimes.utils import ConvergenceError
 
-    for i, penalizer in enumerate(penalizers):
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore", RuntimeWarning)
-                return ParetoNBDFitter(penalizer_coef=penalizer).fit(
-                    summary["frequency"], summary["recency"], summary["T"]
-                )
-        except ConvergenceError:
-            if i == len(penalizers) - 1:
-                raise
-    raise ValueError("penalizers: empty")
+    from evaluation.cdnow import fit_btyd
+
+    return fit_btyd(ParetoNBDFitter, summary, penalizers)
 
 
 def pareto_prob_any(fitter, summary: pd.DataFrame, days: float) -> np.ndarray:
