@@ -74,6 +74,10 @@ def test_data_commands_and_their_errors(runner, tmp_path):
     assert result.exit_code == 2 and "horizon_dayz" in result.output
 
 
+# Heavy lane (the suite's 10-minute budget): the same commands run in make test through the
+# README walk-through (tests/test_own_data.py), `engage run` (tests/test_cli_output.py) and
+# the fresh clone's `make run` (tests/reliability/test_service_fresh_clone.py).
+@pytest.mark.reliability_heavy
 @pytest.mark.slow
 def test_features_train_score_report_then_run(runner, tmp_path):
     _ok(runner.invoke(app, [*SMALL, "data", "simulate"]))
@@ -89,4 +93,9 @@ def test_features_train_score_report_then_run(runner, tmp_path):
     out = _ok(runner.invoke(app, [*SMALL, "run"]))
     assert "using existing events" in out and "pipeline done" in out and "report:" in out
     result = runner.invoke(app, [*SMALL, "train", "--model", "ltv"])
+    assert result.exit_code == 1 and "--model must be churn, appetence or all" in result.output
+
+
+def test_train_refuses_an_unknown_model_before_touching_anything(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--model", "ltv"])
     assert result.exit_code == 1 and "--model must be churn, appetence or all" in result.output

@@ -504,6 +504,8 @@ def test_readme_curl_examples_work(servers, batch):
     assert re.search(r"curl -sf -X POST \S+/predict ", section)
 
 
+# Heavy lane (the suite's 10-minute budget): about 25 s of server start and stop.
+@pytest.mark.reliability_heavy
 def test_ctrl_c_stops_engage_serve_and_every_process_it_started(pipeline, tmp_path):
     import psutil
 
