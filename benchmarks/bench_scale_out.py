@@ -27,47 +27,19 @@ import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 
-from benchmarks.report import write_section
+from benchmarks.report import measure, write_section
 
 
 def _measure(fn, children: bool = False):
     """(seconds, peak RSS MB of this process (+ its children: Spark's JVM), result)."""
-    proc = psutil.Process()
-    peak, stop = 0, threading.Event()
-
-    def rss() -> int:
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True) if children else ():
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, rss())
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    try:
-        result = fn()
-    finally:
-        elapsed = time.perf_counter() - start
-        stop.set()
-        thread.join()
-    return elapsed, max(peak, rss()) / 2**20, result
+    m = measure(fn, interval=0.1, children=children)
+    return m.seconds, m.peak_rss_mb, m.result
 
 
 def _redis(folder: Path):

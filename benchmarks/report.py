@@ -78,20 +78,31 @@ class Measurement:
     result: Any
 
 
-def measure(fn: Callable[[], Any], interval: float = 0.05) -> Measurement:
+def measure(fn: Callable[[], Any], interval: float = 0.05, children: bool = False) -> Measurement:
     """Run ``fn`` and report wall time and the peak RSS of this process during the call.
 
     The peak is sampled by a thread (psutil), so it measures this call rather than the
-    lifetime high-water mark that ``ru_maxrss`` reports.
+    lifetime high-water mark that ``ru_maxrss`` reports. With ``children`` the RSS of
+    the process's children (e.g. Spark's JVM) is added to each sample.
     """
     proc = psutil.Process()
-    peak = proc.memory_info().rss
+
+    def rss() -> int:
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True) if children else ():
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    peak = rss()
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, proc.memory_info().rss)
+            peak = max(peak, rss())
             time.sleep(interval)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -103,7 +114,7 @@ def measure(fn: Callable[[], Any], interval: float = 0.05) -> Measurement:
         elapsed = time.perf_counter() - start
         stop.set()
         thread.join()
-    peak = max(peak, proc.memory_info().rss)
+    peak = max(peak, rss())
     return Measurement(seconds=elapsed, peak_rss_mb=peak / 2**20, result=result)
 
 

@@ -158,22 +158,29 @@ def check_stats(columns: Sequence[tuple[str, str]], event_types: Sequence[str]) 
             raise ValueError(f'features: "{t}.{stat}" reads an unknown statistic')
 
 
+def typed_column(spec: FeatureSpec, expr: str, as_of: str) -> str:
+    """``expr`` cast as the feature's stored column, with the name of the feature.
+
+    BIGINT counts and flags (0 when nothing happened), DOUBLE otherwise (0 for sums,
+    else null), the snapshot time from ``as_of``. One rule for both engines: DuckDB
+    (``$as_of_us``) and Spark (its ``as_of_us`` column).
+    """
+    if spec.name == SNAPSHOT_TIME:
+        return f"({as_of} / 1e6)::DOUBLE AS {SNAPSHOT_TIME}"
+    if spec.dtype == "int":
+        return f"coalesce({expr}, 0)::BIGINT AS {spec.name}"
+    if spec.zero:
+        return f"coalesce({expr}, 0)::DOUBLE AS {spec.name}"
+    return f"({expr})::DOUBLE AS {spec.name}"
+
+
 def build_sql(specs: Sequence[FeatureSpec]) -> str:
     """The per-snapshot feature query; parameters ``$as_of_us`` and ``$created_us``.
 
     It reads the table ``wide``: customer_id, first_seen_us and one column
     ``"<type>.<stat>"`` per statistic the features use (see :data:`STATS`).
     """
-    cols = []
-    for s in specs:
-        if s.name == SNAPSHOT_TIME:
-            cols.append(f"($as_of_us / 1e6)::DOUBLE AS {SNAPSHOT_TIME}")
-        elif s.dtype == "int":
-            cols.append(f"coalesce({s.sql}, 0)::BIGINT AS {s.name}")
-        elif s.zero:
-            cols.append(f"coalesce({s.sql}, 0)::DOUBLE AS {s.name}")
-        else:
-            cols.append(f"({s.sql})::DOUBLE AS {s.name}")
+    cols = [typed_column(s, s.sql, "$as_of_us") for s in specs]
     return f"""
 SELECT {ENTITY_KEY},
   make_timestamptz($as_of_us) AS {TIMESTAMP},

@@ -50,13 +50,13 @@ from features.aggregates import (
     build_specs,
     check_stats,
     default_snapshot_times,
+    typed_column,
 )
 from features.catalog import (
     CREATED,
     DAY_US,
     ENTITY_KEY,
     FIRST_SEEN_US,
-    SNAPSHOT_TIME,
     TIMESTAMP,
     FeatureSpec,
     stat_columns,
@@ -187,16 +187,7 @@ def feature_select(specs: Sequence[FeatureSpec]) -> list[str]:
         f"timestamp_micros({AS_OF_US}) AS {TIMESTAMP}",
         f"timestamp_micros({CREATED_US}) AS {CREATED}",
     ]
-    for s in specs:
-        expr = spark_expression(s.sql)
-        if s.name == SNAPSHOT_TIME:
-            cols.append(f"({AS_OF_US} / 1e6)::DOUBLE AS {SNAPSHOT_TIME}")
-        elif s.dtype == "int":
-            cols.append(f"coalesce({expr}, 0)::BIGINT AS {s.name}")
-        elif s.zero:
-            cols.append(f"coalesce({expr}, 0)::DOUBLE AS {s.name}")
-        else:
-            cols.append(f"({expr})::DOUBLE AS {s.name}")
+    cols += [typed_column(s, spark_expression(s.sql), AS_OF_US) for s in specs]
     return cols
 
 
