@@ -84,7 +84,28 @@ def score_command(
         )
     for name in run.missing:
         console.print(missing_model_note(name, run.undecided), soft_wrap=True)
+    print_timing_note(run.timing)
     print_range_notes(run)
+
+
+def print_timing_note(timing: dict) -> None:
+    """Which time-to-event answers the run holds (hazard models), and which it lacks."""
+    if not timing:
+        return
+    horizons = ", ".join(f"{h}d" for h in timing.get("horizons_days", []))
+    present = sorted(set(timing.get("versions", {})))
+    if present:
+        console.print(
+            f"time to event ({lit(', '.join(present))} hazard models): columns at "
+            f"{lit(horizons)}, days_to_* (README, Time-to-event columns)"
+        )
+    missing = timing.get("missing", [])
+    if missing:
+        console.print(
+            f"[yellow]note:[/yellow] no {lit(' / '.join(missing))} hazard model: the run "
+            "has no time-to-event columns for it (`engage train` fits them)",
+            soft_wrap=True,
+        )
 
 
 def print_range_notes(run) -> None:
