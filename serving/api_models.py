@@ -576,6 +576,24 @@ class Readiness(_Response):
             "so this alone does not make the service unready."
         ),
     )
+    timing_models: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "The hazard (time-to-event) models loaded: name -> `v<version> <period>dx"
+            "<periods> <content digest>`. A model absent here answers null."
+        ),
+        examples=[{"appetence": "v2 7dx13 3f1c2a9b0d4e", "churn": "v2 7dx13 9a0b1c2d3e4f"}],
+    )
+    horizons_days: list[int] = Field(
+        default_factory=list,
+        description="The horizons /predict answers by default (hazard.horizons_days).",
+        examples=[[7, 30, 90]],
+    )
+    h_max_days: int | None = Field(
+        default=None,
+        description="The longest horizon /predict accepts (H_max of the loaded hazard models).",
+        examples=[91],
+    )
 
 
 class NotReady(BaseModel):

@@ -732,6 +732,9 @@ class EngageService:
             max_ids=self.config.max_ids,
             restart_needed=any(current.get(m) not in (None, self.versions[m]) for m in MODEL_NAMES),
             registry_problem=registry_problem,
+            timing_models=self.predictor.timing.identity,
+            horizons_days=list(self.predictor.timing.horizons_days),
+            h_max_days=self.predictor.timing.h_max_days,
         )
 
     # -------------------------------------------------------------------- handlers

@@ -130,6 +130,9 @@ def test_ready_reports_the_registry_champions(client, pipeline):
         assert body["models"][m]["uri"] == f"models:/{m}@champion"
     assert body["max_ids"] == pipeline.params.serving.max_ids
     assert "has_purchased" in body["feature_names"]
+    hazard = pipeline.params.hazard
+    assert body["horizons_days"] == list(hazard.horizons_days)
+    assert body["h_max_days"] == hazard.period_days * hazard.h_max_periods
     for probe in ("/livez", "/healthz", "/readyz"):
         assert client.get(probe).status_code == 200
 
