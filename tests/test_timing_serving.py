@@ -74,6 +74,9 @@ def timed(pipeline, tmp_path_factory):
         fit_on = [snaps[-16], snaps[-15]]
         models = {m: _fit(paths, params, m, fit_on) for m in ("appetence", "churn")}
         timing = tm.Timing.of(models, params, {"appetence": "1", "churn": "1"})
+        # A run without hazard models first (what the at-risk sort refuses), then the
+        # timed run: the latest.
+        score(paths, params, run_id="no-timing", timing=tm.Timing.of({}, params))
         run = score(paths, params, timing=timing)
         yield paths, params, timing, run
     finally:
@@ -180,7 +183,6 @@ def test_predict_gives_the_batch_numbers_and_checks_horizons(timed):
 
 def test_at_risk_sorts_by_days_to_churn_or_says_why_not(timed):
     from serving.at_risk import at_risk_list
-    from serving.scoring import score
 
     paths, params, timing, run = timed
     _, by_value = at_risk_list(paths, top=50, run_id=run.run_id)
@@ -190,7 +192,7 @@ def test_at_risk_sorts_by_days_to_churn_or_says_why_not(timed):
     assert len(known) and (np.diff(known) >= 0).all()
     assert np.isnan(days[len(known) :]).all()  # expected to act first: after the dated ones
     assert (by_value["value_at_risk"].diff().dropna() <= 0).all()  # default unchanged
-    plain = score(paths, params, run_id="no-timing", timing=tm.Timing.of({}, params))
+    plain = find_run(paths, "no-timing")
     assert "days_to_churn" not in pq.read_schema(plain.path).names
     with pytest.raises(
         ValueError, match=r"--sort days-to-churn: run no-timing has no days_to_churn"
@@ -227,3 +229,19 @@ def test_report_draws_a_contacts_curve_and_weekly_buyers(timed):
         timing_section(paths, params, timing, contact="NOBODY")
     none = timing_section(paths, params, tm.Timing.of({}, params))
     assert "No hazard (time-to-event) model is registered yet" in none
+
+
+def test_cli_at_risk_sort_option(timed):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    paths, params, timing, run = timed
+    runner = CliRunner()
+    out = runner.invoke(app, ["at-risk", "--run", run.run_id, "--sort", "days-to-churn"])
+    assert out.exit_code == 0, out.output
+    assert "by expected days to churn, soonest first" in out.output
+    assert "days to churn" in out.output
+    bad = runner.invoke(app, ["at-risk", "--run", "no-timing", "--sort", "days-to-churn"])
+    assert bad.exit_code != 0
+    assert "--sort days-to-churn: run no-timing has no days_to_churn" in bad.output
