@@ -17,6 +17,11 @@ runs are re-read when the scores folder changes (a new batch run), checked with 
 ``stat`` per request. Rows sent as features (``/predict_features``) carry no contact id,
 so they get the plain thresholds.
 
+The hazard champions (:class:`serving.timing.Timing`, either may be missing) add the
+answers at any horizon: their inputs are read in the same online lookup, and
+:func:`serving.timing.timing_columns`, the function batch scoring calls, turns the same
+feature values into the same horizon-named numbers.
+
 The hot path avoids per-request overhead that does not change the numbers: the Feast
 feature services are resolved once (``FeatureStore.get_feature_service`` re-reads the
 registry on every call), the online response is read with ``to_dict`` (``to_df`` costs

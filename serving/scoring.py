@@ -16,8 +16,14 @@ each contact has spent in its stage (``stage_runs``).
 Features are read in bulk from the offline snapshot file, the very rows Feast
 materialises into the online store for the latest snapshot, so batch and online scores
 agree. The default run id is the snapshot date and a hash of what decides the scores
-(as-of time, model versions, index/segment/value parameters), so rescoring the same
-thing replaces the same run.
+(as-of time, model versions, index/segment/value parameters, the hazard models' content
+and horizons), so rescoring the same thing replaces the same run.
+
+With hazard champions (:mod:`serving.timing`) every row also gets the horizon-named
+time-to-event columns (``p_purchase_30d``, ``p_churn_7d``, ``days_to_churn``, ...) from
+:func:`serving.timing.timing_columns`, the function ``/predict`` calls too; the run's
+metadata records the decision horizon of ``p_purchase`` / ``p_churn`` and what it holds
+of the hazard models.
 """
 
 from __future__ import annotations
