@@ -245,3 +245,37 @@ def test_cli_at_risk_sort_option(timed):
     bad = runner.invoke(app, ["at-risk", "--run", "no-timing", "--sort", "days-to-churn"])
     assert bad.exit_code != 0
     assert "--sort days-to-churn: run no-timing has no days_to_churn" in bad.output
+
+
+def test_timing_charts_draw_in_chromium_with_legends_off_the_plots(timed, tmp_path):
+    from tests.chromium import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (make install-dev installs it with apt-get)")
+    from reporting.timing_section import timing_section
+
+    paths, params, timing, run = timed
+    page_file = tmp_path / "when.html"
+    page_file.write_text(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>when</title>"
+        f"</head><body>{timing_section(paths, params, timing)}</body></html>",
+        encoding="utf-8",
+    )
+    with Browser(width=1200) as page:
+        page.open(page_file.as_uri())
+        charts = page.js(
+            """[...document.querySelectorAll('svg.chart')].map(svg => {
+                 const box = r => r ? r.getBoundingClientRect() : null;
+                 const p = box(svg.querySelector('g.plot'));
+                 const l = box(svg.querySelector('g.legend'));
+                 return {name: svg.dataset.chart, w: p.width, h: p.height,
+                   marks: svg.querySelectorAll('g.plot polyline').length,
+                   overlap: l ? !(l.bottom <= p.top || l.top >= p.bottom
+                                  || l.right <= p.left || l.left >= p.right) : false};
+               })"""
+        )
+        assert page.errors == []
+    assert {c["name"] for c in charts} == {"survival", "buyers"}
+    for c in charts:
+        assert c["w"] > 100 and c["h"] > 50 and c["marks"] > 0, c
+        assert not c["overlap"], f"legend over the plot in {c['name']}"
