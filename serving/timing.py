@@ -316,7 +316,7 @@ def timing_columns(
     if missing:
         raise ValueError(f"timing: missing feature column(s) {missing[:10]} ({len(frame)} rows)")
     n = len(frame)
-    out = pd.DataFrame(index=frame.index)
+    out: dict[str, np.ndarray] = {}
     half = frame[HALF].to_numpy(dtype="float64", na_value=np.nan)
     bad = int(((half != 0.0) & (half != 1.0)).sum())
     if bad:
@@ -329,7 +329,8 @@ def timing_columns(
         rows = np.ones(n, dtype=bool) if spec.scores_everyone else half == spec.half
         cols: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in _model_columns(model, hs)}
         if rows.any():
-            part = frame.loc[rows]
+            # Only the model's own rows (a copy-free view when it scores them all).
+            part = frame if rows.all() else frame.loc[rows]
             H = model.hazards(part)
             if name == "appetence":
                 for h in hs:
@@ -354,9 +355,9 @@ def timing_columns(
                 cols["days_to_churn"][rows] = days_to_churn(
                     H, latest, timing.lapse_days, model.period_days
                 )
-        for c, v in cols.items():
-            out[c] = v
-    return out[timing.columns(hs)]
+        out.update(cols)
+    # One frame built at once: inserting columns one by one costs more than the math.
+    return pd.DataFrame(out, index=frame.index, columns=timing.columns(hs))
 
 
 def _model_columns(model: HazardModel, hs: Sequence[int]) -> list[str]:
