@@ -112,6 +112,12 @@ def test_batch_run_holds_horizon_named_columns_and_their_metadata(timed):
     customers = frame["has_purchased"] == 1
     assert (frame.loc[customers, "p_churn_90d"] <= frame.loc[customers, "p_churn_7d"]).all()
     assert frame.loc[~customers, "days_to_churn"].isna().all()
+    # Lapsed (the run's own flag, from the churn champion's rule) <=> already churned: 0.
+    lapsed = customers & frame["lapsed"]
+    assert lapsed.any() and (frame.loc[lapsed, "days_to_churn"] == 0).all()
+    reachable = frame.loc[customers & ~frame["lapsed"], "days_to_churn"].dropna()
+    L = params.labels.churn_active_within_days
+    assert len(reachable) and reachable.between(0, L).all()
     # The run id follows the hazard models and their horizons, not only the fixed ones.
     from serving.champions import load_champions
 
