@@ -298,6 +298,7 @@ def thresholds_command(
         current_threshold,
         load_held_out,
         propose,
+        stated_threshold,
         threshold_table,
     )
 
@@ -351,12 +352,19 @@ def thresholds_command(
     elif proposal.threshold is None:
         console.print(f"[yellow]{escape(proposal.reason)}[/yellow]")
     else:
+        stated = stated_threshold(c.params, model, proposal.threshold)
+        horizon, said = c.params.labels.horizon_days, c.params.index.stated_horizon_days
+        carried = (
+            ""
+            if horizon == said
+            else f" (p within {horizon} days >= {proposal.threshold:.4f}, stated for {said} days)"
+        )
         console.print(
-            f"proposal: {spec.threshold_param} = {proposal.threshold:.4f} "
+            f"proposal: {spec.threshold_param} = {stated:.4f}{carried} "
             f"({escape(proposal.reason)}): "
             f"{proposal.contacts:,.1f} contacts per run, precision {_pct(proposal.precision)}, "
             f"recall {_pct(proposal.recall)}\n"
-            f"apply with `--set {spec.threshold_param}={proposal.threshold:.4f}` or in params.yaml"
+            f"apply with `--set {spec.threshold_param}={stated:.4f}` or in params.yaml"
         )
 
 

@@ -40,7 +40,7 @@ from reporting.charts import STAGE_COLOURS, bar_chart, flow_chart, line_chart
 from reporting.kpis import monthly_kpis
 from reporting.monitoring_section import monitoring_section
 from reporting.timing_section import timing_section
-from serving.index import STAGES
+from serving.index import STAGES, thresholds_at
 from serving.segments import SEGMENTS
 from serving.timing import Timing
 
@@ -285,7 +285,7 @@ def _churn_risk(paths: Paths, params: Params) -> str:
     from serving.thresholds import load_held_out
 
     parts = []
-    tau = params.index.tau_churn
+    tau = thresholds_at(params.index, params.labels.horizon_days).tau_churn
     try:
         _, scores = read_run(paths, columns=["has_purchased", "p_churn"])
     except LookupError as err:
@@ -431,7 +431,7 @@ def _stages(paths: Paths) -> str:
 
 
 def _funnel(paths: Paths, params: Params) -> str:
-    from serving.leads import lead_funnel
+    from serving.leads import lead_funnel, mql_threshold
 
     try:
         funnel = lead_funnel(paths, params)
@@ -466,10 +466,11 @@ def _funnel(paths: Paths, params: Params) -> str:
     pct = {c: "{:.1%}" for c in ("SQL / MQL", "SAL / SQL", "won / SAL", "bought / SQL")}
     count = {c: "{:,.0f}" for c in ("mql", "sql", "sal", "won", "bought")}
     lp = params.leads
+    tau_purchase = thresholds_at(params.index, params.labels.horizon_days).tau_purchase
     note = _note(
         f"MQL: a prospect in {', '.join(lp.mql_segments)} or with p_purchase &ge; "
-        f"{lp.mql_min_p_purchase:g}; SQL: a prospect in Purchase (p_purchase &ge; "
-        f"{params.index.tau_purchase:g}); SAL: an SQL with a <code>{lp.accepted_event}"
+        f"{mql_threshold(params):.3g}; SQL: a prospect in Purchase (p_purchase &ge; "
+        f"{tau_purchase:.3g}); SAL: an SQL with a <code>{lp.accepted_event}"
         f"</code> event within {lp.accepted_within_days} days of the run; won: a SAL who "
         f"bought within {params.labels.horizon_days} days; bought / SQL counts every SQL who "
         "bought, accepted or not. A run whose windows have not elapsed by the last event "

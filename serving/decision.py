@@ -31,7 +31,7 @@ from engage.config import Params
 from engage.specs import MODEL_SPECS, deciding_spec
 from serving.champions import Champions
 from serving.explain import Explainer, Reasons
-from serving.index import dial_in_quadrant, index_arrays, stabilise
+from serving.index import dial_in_quadrant, index_arrays, stabilise, thresholds_at
 from serving.segments import REQUIRED as SEGMENT_COLUMNS
 from serving.segments import segment_codes
 from serving.value import REQUIRED as VALUE_COLUMNS
@@ -200,11 +200,14 @@ def decide(
             x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
             p[rows] = champions[name].proba_matrix(x)
         probabilities[spec.probability] = p
+    # The thresholds are stated for index.stated_horizon_days; the champions were
+    # trained for labels.horizon_days (load_champions checks it).
+    index = thresholds_at(params.index, params.labels.horizon_days)
     stage, score, dial = index_arrays(
         customer.astype("int8"),
         probabilities["p_purchase"],
         probabilities["p_churn"],
-        params.index,
+        index,
     )
     stage_runs = np.ones(n, dtype="int32")
     if previous_stage is not None:
@@ -213,7 +216,7 @@ def decide(
             customer,
             probabilities["p_purchase"],
             probabilities["p_churn"],
-            params.index,
+            index,
             previous_stage,
             previous_runs,
         )
