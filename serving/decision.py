@@ -22,6 +22,7 @@ Everything is numpy: no frame is built, which is most of the cost of one contact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,8 +65,12 @@ class Layout:
     populations: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, champions: Champions) -> Layout:
-        """Every model's features, the segment and value rules' and population columns."""
+    def of(cls, champions: Champions, extra_inputs: Sequence[str] = ()) -> Layout:
+        """Every model's features, the segment and value rules' and population columns.
+
+        ``extra_inputs`` (e.g. the hazard models' features, :attr:`serving.timing.Timing.features`)
+        are appended when not already there: read with the rest, ignored by :func:`decide`.
+        """
         rules = {
             name: rule
             for name, model in champions.models.items()
@@ -73,7 +78,9 @@ class Layout:
         }
         extra = [f for features, _ in rules.values() for f in features]
         inputs = list(
-            dict.fromkeys([*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS, *extra])
+            dict.fromkeys(
+                [*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS, *extra, *extra_inputs]
+            )
         )
         columns = {name: j for j, name in enumerate(inputs)}
         model_columns = {
