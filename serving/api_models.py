@@ -171,6 +171,30 @@ _HORIZONS = Field(
 )
 
 
+def _horizons(h_max_days: int | None = None) -> Any:
+    """A list of horizons in days (or null), bounded by ``h_max_days`` when given.
+
+    The JSON Schema is written out: constraints on items with a before-validator would
+    come out as unknown keywords (``ge``), and null must be in the one form OpenAPI
+    readers agree on (a type list).
+    """
+    item: dict[str, Any] = {"type": "integer", "minimum": 1}
+    schema: dict[str, Any] = {
+        "type": ["array", "null"],
+        "items": item,
+        "minItems": 1,
+        "uniqueItems": True,
+    }
+    bound = Field(ge=1) if h_max_days is None else Field(ge=1, le=h_max_days)
+    if h_max_days is not None:
+        item["maximum"] = h_max_days
+        schema["maxItems"] = h_max_days
+    return Annotated[list[Annotated[WholeNumber, bound]] | None, WithJsonSchema(schema)]
+
+
+Horizons = _horizons()
+
+
 class PredictRequest(_Request):
     """Score contacts by id, with the latest features of the Feast online store."""
 
@@ -185,7 +209,7 @@ class PredictRequest(_Request):
     )
     explain: bool = _EXPLAIN
     top_k: WholeNumber = _TOP_K
-    horizons_days: list[Annotated[WholeNumber, Field(ge=1)]] | None = _HORIZONS
+    horizons_days: Horizons = _HORIZONS
 
 
 class HorizonAnswer(_Response):
@@ -673,7 +697,7 @@ def predict_request_model(max_ids: int, h_max_days: int | None = None) -> type[B
     if h_max_days is not None:
         base = PredictRequest.model_fields["horizons_days"]
         horizons["horizons_days"] = (
-            list[Annotated[WholeNumber, Field(ge=1, le=h_max_days)]] | None,
+            _horizons(h_max_days),
             Field(
                 default=None,
                 min_length=1,

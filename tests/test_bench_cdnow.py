@@ -15,13 +15,20 @@ CAL_END = pd.Timestamp("1997-10-01", tz="UTC")  # as-of: covers all of 1997-09-3
 SAMPLE = 2000
 
 
+def small_params():
+    """The cdnow profile with the hazard model's training rows capped (test time)."""
+    from engage.config import load_params
+
+    return load_params(profile="cdnow", overrides=("hazard.max_rows_per_snapshot=400",))
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from evaluation import cdnow as bench_cdnow
 
     data_dir = tmp_path_factory.mktemp("bench_cdnow")
     result = bench_cdnow.run_cdnow_benchmark(
-        data_dir, customers=SAMPLE, seed=7, rehearsal=False, ceiling=False
+        data_dir, customers=SAMPLE, seed=7, rehearsal=False, ceiling=False, params=small_params()
     )
     return bench_cdnow, result, data_dir
 
@@ -71,7 +78,6 @@ def test_scored_features_are_as_of_calibration_end(bench):
 def test_predictions_do_not_depend_on_the_holdout(bench, tmp_path):
     """Scramble who bought in the holdout: every prediction must stay the same."""
     bench_cdnow, result, _ = bench
-    from engage.config import load_params
     from engage.data.cdnow import load_cdnow
 
     events, customers = bench_cdnow.sample_customers(*load_cdnow(), SAMPLE, 7)
@@ -80,7 +86,7 @@ def test_predictions_do_not_depend_on_the_holdout(bench, tmp_path):
     scrambled = events.copy()
     scrambled.loc[hold, "customer_id"] = rng.choice(customers["customer_id"], int(hold.sum()))
     again = bench_cdnow.run_split(
-        scrambled, load_params(profile="cdnow"), tmp_path, bench_cdnow.REAL, lambda _m: None
+        scrambled, small_params(), tmp_path, bench_cdnow.REAL, lambda _m: None
     )
     before, after = result["holdout"]["predictions"], again["predictions"]
     assert not np.array_equal(before["bought"], after["bought"])

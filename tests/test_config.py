@@ -221,7 +221,9 @@ def test_set_values_are_parsed_as_yaml_and_applied_last_in_order():
     assert p.training.max_rows_per_snapshot is None
     assert p.features.cart_event is None
     assert p.simulate.start == "2024-06-01"
-    assert (p.index.tau_purchase, p.index.tau_churn) == (0.2, 0.5)
+    # The mapping merges: tau_churn and its stated horizon stay the cdnow profile's.
+    assert (p.index.tau_purchase, p.index.tau_churn) == (0.2, 0.9)
+    assert p.index.stated_horizon_days == 91
     assert p.features.rates["visit_rate"] == ("web_visit", "email_sent")
     assert "open_rate" in p.features.rates
     assert p.serving.port == 8080
