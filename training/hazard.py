@@ -61,7 +61,7 @@ from engage.config import HazardParams, LightGBMParams, Params, TrainingParams
 from engage.schema import CUSTOMER_ID, EVENT_TIME, EVENT_TYPE
 from engage.specs import MODEL_NAMES, model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
-from training.fit import _lgb_params, adapt_to_rows, fit_booster, fit_calibrator
+from training.fit import adapt_to_rows, fit_booster, fit_calibrator, lightgbm_params
 from training.model import BGNBD, BTYD_FEATURES, Calibrator, ModelFormatError, btyd_summary
 from training.progress import lightgbm_callbacks
 
@@ -531,7 +531,7 @@ def fit_hazard_booster(
 def _fit_poisson(Xtr, ytr, Xva, yva, lgb_params: LightGBMParams, seed: int) -> lgb.Booster:
     # fit_booster's recipe (same parameters, determinism, trimmed to the best iteration)
     # with the Poisson objective and its deviance for early stopping.
-    params = _lgb_params(lgb_params, seed, None)
+    params = lightgbm_params(lgb_params, seed, None)
     params.update(objective="poisson", metric="poisson")
     tr = lgb.Dataset(Xtr, label=ytr, free_raw_data=False)
     va = lgb.Dataset(Xva, label=yva, reference=tr, free_raw_data=False)
