@@ -138,7 +138,7 @@ def test_frames_reject_bad_inputs():
 
 def test_hazard_params_are_checked_at_load():
     with pytest.raises(ConfigError, match=r"hazard\.horizons_days: \[100\] exceed .* = 91 days"):
-        load_params(overrides=("hazard.horizons_days=[7,100]",))
+        load_params(overrides=("hazard.horizons_days=[30,100]",))
     with pytest.raises(ConfigError, match=r"hazard\.period_days: Input should be greater than 0"):
         load_params(overrides=("hazard.period_days=0",))
 
