@@ -46,6 +46,7 @@ stored as text and JSON (:func:`write_hazard_model`: ``model.json`` records the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -450,6 +451,31 @@ class HazardModel:
     @property
     def h_max_days(self) -> int:
         return self.period_days * self.periods
+
+    def digest(self) -> str:
+        """A hash of what decides the model's answers (not of its training facts).
+
+        Name, features, period, ``H_max``, horizons, calibrator, count scale, BG/NBD
+        inputs and both boosters: two models that answer alike have the same digest
+        whatever their registry versions (as :meth:`training.model.EngageModel.digest`),
+        so a scoring run id can follow the content.
+        """
+        doc = {
+            "format": HAZARD_FORMAT,
+            "name": self.name,
+            "features": list(self.features),
+            "period_days": self.period_days,
+            "periods": self.periods,
+            "horizons_days": list(self.horizons_days),
+            "calibrator": self.calibrator.to_dict() if self.calibrator is not None else None,
+            "count_scale": self.count_scale,
+            "btyd": self.btyd.to_dict() if self.btyd is not None else None,
+        }
+        h = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode())
+        h.update(self.booster.model_to_string().encode())
+        if self.count_booster is not None:
+            h.update(b"\0count\0" + self.count_booster.model_to_string().encode())
+        return h.hexdigest()[:12]
 
     def _predict(
         self, booster: lgb.Booster, rows: pd.DataFrame, chunk: int, raw: bool = False
