@@ -143,7 +143,7 @@ def gate_decision(
     metric: str,
     tol: float,
     version: str | None,
-    challenger: tuple[pd.DataFrame, np.ndarray, np.ndarray],
+    challenger: Callable[[], tuple[pd.DataFrame, np.ndarray, np.ndarray]],
     new_score: float,
     store_origin: str | None,
     champion: Callable[[], ChampionView],
@@ -169,8 +169,9 @@ def gate_decision(
         metric: ``roc_auc`` or ``pr_auc`` (higher is better).
         tol: the challenger takes the alias when ``new >= old - tol``.
         version: the champion's version, None when there is none.
-        challenger: this run's test rows (``customer_id``, ``event_timestamp``), their
-            labels and the challenger's held-out probabilities.
+        challenger: gives this run's test rows (``customer_id``, ``event_timestamp``),
+            their labels and the challenger's held-out probabilities (read only when a
+            comparison needs them).
         new_score: the challenger's metric on all its test rows.
         store_origin: the events the challenger was trained on.
         champion: loads the champion's :class:`ChampionView` (may raise ValueError or
@@ -179,7 +180,6 @@ def gate_decision(
     """
     if version is None:
         return GateDecision(CHAMPION, "no champion yet", new_score, None, None)
-    test, y_test, p_test = challenger
     try:
         champ = champion()
         now, then = store_origin, champ.store_origin
@@ -200,6 +200,7 @@ def gate_decision(
                 None,
                 version,
             )
+        test, y_test, p_test = challenger()
         held = champ.held_out()
         if held is not None:
             keys = [ENTITY_KEY, TIMESTAMP]
@@ -265,7 +266,7 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
         metric,
         tol,
         version,
-        (ev.split.test, ev.y_test, ev.p_test),
+        lambda: (ev.split.test, ev.y_test, ev.p_test),
         ev.metrics[ev.chosen][metric],
         ev.model.training.get("store_origin"),
         champion,
