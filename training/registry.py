@@ -711,6 +711,25 @@ def load_hazard_model(paths: Paths, model: str, alias: str = CHAMPION) -> tuple[
             model of another question.
 
     """
+    hazard, version = read_hazard_version(paths, model, alias)
+    problems = hazard_conflicts(hazard, paths.params.hazard)
+    if problems:
+        name = hazard_name(model)
+        raise HazardMismatchError(
+            f"{name} v{version} was trained for other parameters:\n  "
+            + "\n  ".join(problems)
+            + f"\nretrain (`engage train --model {name}`) or use the parameters it was "
+            "trained with"
+        )
+    return hazard, version
+
+
+def read_hazard_version(paths: Paths, model: str, alias: str = CHAMPION) -> tuple[HazardModel, str]:
+    """:func:`load_hazard_model` without the check against the parameters.
+
+    For the promotion gate, which replaces a champion that answers another question
+    rather than failing on it.
+    """
     from training.model import ModelFormatError
 
     name = hazard_name(model)
@@ -724,13 +743,5 @@ def load_hazard_model(paths: Paths, model: str, alias: str = CHAMPION) -> tuple[
     if hazard.name != model:
         raise ModelFormatError(
             f"{name} v{ref.version}: holds the {hazard.name!r} hazard model, not {model!r}"
-        )
-    problems = hazard_conflicts(hazard, paths.params.hazard)
-    if problems:
-        raise HazardMismatchError(
-            f"{name} v{ref.version} was trained for other parameters:\n  "
-            + "\n  ".join(problems)
-            + f"\nretrain (`engage train --model {name}`) or use the parameters it was "
-            "trained with"
         )
     return hazard, ref.version
