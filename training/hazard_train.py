@@ -63,7 +63,6 @@ from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from training import hazard as hz
 from training.baselines import BASELINES
 from training.btyd import fit_on_snapshot
-from training.dataset import split_times
 from training.evaluate import plot_curves, probability_metrics
 from training.fingerprint import PARAMS_TAG, hazard_params_fingerprint
 from training.fit_evaluate import DISPLAY, _calibrated, _fit_baseline, last_time_rows
@@ -165,6 +164,59 @@ def rows_params(params: Params) -> Params:
     return _with_horizon(params, params.hazard.period_days)
 
 
+def purged_before(
+    times: list[pd.Timestamp], test_start: pd.Timestamp, horizon_days: int, tp
+) -> tuple[list, list] | None:
+    """Train and valid as-of times before ``test_start`` for labels of ``horizon_days``.
+
+    The rule of :func:`training.dataset.split_times`: validation takes the last
+    ``training.valid_snapshots`` times whose window ends by ``test_start``, training
+    every time whose window ends by the first validation time. None when fewer than
+    ``training.min_train_snapshots`` training times (or no validation time) remain.
+    """
+    h = pd.Timedelta(days=horizon_days)
+    valid = [t for t in times if t + h <= test_start][-tp.valid_snapshots :]
+    if not valid:
+        return None
+    train = [t for t in times if t + h <= valid[0]]
+    if len(train) < tp.min_train_snapshots:
+        return None
+    return train, valid
+
+
+def hazard_split_times(
+    times: list[pd.Timestamp], end: pd.Timestamp, params: Params, name: str = "hazard"
+) -> tuple[list, list, list]:
+    """Train, valid and test as-of times of a hazard model.
+
+    Test: the last ``training.test_snapshots`` times whose whole ``H_max`` window is
+    observed by ``end`` (no censoring among the test rows, every horizon scored). Valid
+    and train: :func:`purged_before` the first test time with one period as the window;
+    their person-periods are then censored at the start of the next part.
+
+    Raises:
+        ValueError: too few times (names ``H_max``, the times and the end of the data).
+
+    """
+    hp, tp = params.hazard, params.training
+    h_max = hp.period_days * hp.h_max_periods
+    full = labelable(times, h_max, end)
+    parts = None
+    if len(full) >= tp.test_snapshots:
+        test = full[-tp.test_snapshots :]
+        parts = purged_before(times, test[0], hp.period_days, tp)
+    if parts is None:
+        raise ValueError(
+            f"{name}: H_max = hazard.period_days x hazard.h_max_periods = {hp.period_days} x "
+            f"{hp.h_max_periods} = {h_max} days; {len(full)} of {len(times)} as-of times have "
+            f"it observed (data until {end:%Y-%m-%d}), need training.test_snapshots="
+            f"{tp.test_snapshots} of them after training.min_train_snapshots="
+            f"{tp.min_train_snapshots} + training.valid_snapshots={tp.valid_snapshots} "
+            "earlier times: add history or shorten hazard.h_max_periods"
+        )
+    return parts[0], parts[1], test
+
+
 def _span(ts: pd.Series, n: int) -> str:
     return f"{ts.min():%Y-%m-%d}..{ts.max():%Y-%m-%d} ({n:,} rows)"
 
@@ -204,16 +256,8 @@ def fit_evaluate_hazard(
     frame = hz.sample_per_as_of(frame, hp.max_rows_per_snapshot, tp.seed).reset_index(drop=True)
     first = hz.first_event_times(frame, events, hz.target_event_types(params, model))
     times = sorted(pd.Timestamp(t) for t in frame[TIMESTAMP].unique())
-    full = labelable(times, h_max, end)
-    try:
-        train_t, valid_t, test_t = split_times(full, h_max, tp)
-    except ValueError as err:
-        raise ValueError(
-            f"{name}: H_max = hazard.period_days x hazard.h_max_periods = {hp.period_days} x "
-            f"{hp.h_max_periods} = {h_max} days; {len(full)} of {len(times)} as-of times "
-            f"have it observed (data until {end:%Y-%m-%d}): "
-            f"{str(err).removeprefix('training: ')}"
-        ) from None
+    train_t, valid_t, test_t = hazard_split_times(times, end, params, name)
+    test_start, valid_start = test_t[0], valid_t[0]
     ts = frame[TIMESTAMP]
     parts = {
         "train": ts.isin(train_t).to_numpy(),
@@ -221,15 +265,15 @@ def fit_evaluate_hazard(
         "test": ts.isin(test_t).to_numpy(),
     }
     ranges = {k: _span(ts[m], int(m.sum())) for k, m in parts.items()}
-    pp = {
-        k: hz.person_period(frame[parts[k]], first[parts[k]], end, hp) for k in ("train", "valid")
-    }
+    # Censored at the start of the next part: a training period ending after the first
+    # validation time has no row (nor a validation period ending after the first test
+    # time), so no label of the fit has seen the period it is evaluated on.
+    cut = {"train": valid_start, "valid": test_start}
+    pp = {k: hz.person_period(frame[parts[k]], first[parts[k]], cut[k], hp) for k in cut}
     counts = None
     if model_spec(model).label_rule == "purchase_in_window":
         conv = params.data.conversion_event
-        counts = {
-            k: hz.count_frame(frame[parts[k]], events, end, hp, conv) for k in ("train", "valid")
-        }
+        counts = {k: hz.count_frame(frame[parts[k]], events, cut[k], hp, conv) for k in cut}
     say(f"hazard model on {len(pp['train']):,} person-period rows")
     train_rows = frame[parts["train"]]
     # BG/NBD as the fixed models get it: one fit on the last training as-of time, read at
@@ -254,23 +298,35 @@ def fit_evaluate_hazard(
     metrics: dict[str, dict[str, float]] = {}
     labels: dict[int, np.ndarray] = {}
     probs: dict[int, dict[str, np.ndarray]] = {}
+    skipped: list[int] = []  # horizons too long for a purged split of the baselines
     for h in hp.horizons_days:
         say(f"baselines at {h} days")
         y_all = horizon_label(first, frame[TIMESTAMP], h, model)
         labelled = frame.assign(**{LABEL: y_all})
-        for part in ("train", "valid", "test"):
-            if labelled.loc[parts[part], LABEL].nunique() < 2:
-                raise ValueError(
-                    f"{name}: the {part} rows have a single class at {h} days "
-                    f"({int(parts[part].sum()):,} rows); more data needed"
-                )
+        if labelled.loc[parts["test"], LABEL].nunique() < 2:
+            raise ValueError(
+                f"{name}: the test rows have a single class at {h} days "
+                f"({int(parts['test'].sum()):,} rows); more data needed"
+            )
         y = y_all[parts["test"]]
         p_event = hz.prob_within(H, h, hp.period_days)
         by_method = {HAZARD: 1.0 - p_event if churn else p_event}
         hparams = _with_horizon(params, h)
         trained_for = label_definition(hparams, model)
-        train_h, valid_h = labelled[parts["train"]], labelled[parts["valid"]]
-        for method in BASELINES[model_spec(model).label_rule]:
+        # The baselines' own purged split at this horizon (the fixed models' rule), with
+        # the same test times: complete h-day labels that end before the next part.
+        split_h = purged_before(times, test_start, h, tp)
+        if split_h is None:
+            skipped.append(h)
+            methods_h = ()
+        else:
+            train_h = labelled[ts.isin(split_h[0]).to_numpy()]
+            valid_h = labelled[ts.isin(split_h[1]).to_numpy()]
+            methods_h = BASELINES[model_spec(model).label_rule]
+            if train_h[LABEL].nunique() < 2 or valid_h[LABEL].nunique() < 2:
+                skipped.append(h)
+                methods_h = ()
+        for method in methods_h:
             fitted = _calibrated(
                 _fit_baseline(
                     method, model, train_h, hparams, trained_for, replace(bg, horizon_days=h)
@@ -306,17 +362,28 @@ def fit_evaluate_hazard(
         "realised": realised,
         "population": [float(v) for v in np.cumprod(1.0 - km)],
     }
+    if hp.primary[1] in skipped:
+        raise ValueError(
+            f"{name}: no purged split of the baselines at the primary horizon "
+            f"({hp.primary_metric}): too little history before the test times "
+            f"({test_start:%Y-%m-%d}); add history or choose a shorter hazard.primary_metric"
+        )
     best, beats, sentence = _versus_baselines(metrics, params)
     warnings = []
     if not beats:
         warnings.append(f"{name}: {sentence}")
+    if skipped:
+        warnings.append(
+            f"{name}: no baseline at {skipped} days: the history before the test times is "
+            "too short for their purged split (the hazard model is still scored there)"
+        )
     hm.training.update(
         {
             "as_of_train": ranges["train"],
             "as_of_valid": ranges["valid"],
             "as_of_test": ranges["test"],
-            # Every label the fit saw (training and validation windows) ends by then.
-            "labels_seen_until": (max(valid_t) + pd.Timedelta(days=h_max)).isoformat(),
+            # Every label the fit saw (training and validation periods) ends by then.
+            "labels_seen_until": test_start.isoformat(),
             "best_baseline": best,
             "beats_baseline": beats,
             "selection": sentence,
@@ -448,6 +515,8 @@ def plot_calibration_by_horizon(ev: HazardEvaluation, path: Path, title: str) ->
     for ax, h in zip(axes[0], hs, strict=True):
         y = ev.labels[h]
         for method in (HAZARD, ev.best_baseline):
+            if method not in ev.probs[h]:
+                continue  # no baseline at this horizon (too little history)
             p = ev.probs[h][method]
             q = np.unique(np.quantile(p, np.linspace(0, 1, 11)))
             idx = np.clip(np.searchsorted(q, p, side="right") - 1, 0, max(len(q) - 2, 0))
