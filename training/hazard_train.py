@@ -503,6 +503,7 @@ def hazard_gate(
         ev.metrics[HAZARD][key],
         ev.model.training.get("store_origin"),
         champion,
+        label=key,
     )
 
 
@@ -537,7 +538,7 @@ def plot_survival(ev: HazardEvaluation, path: Path, title: str, event: str) -> P
     c = ev.curve
     days = [0, *c["days"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.step(days, [1.0, *c["realised"]], "k-", where="post", lw=2, label="realised")
+    ax.plot(days, [1.0, *c["realised"]], "ko-", ms=4, lw=2, label="realised (end of period)")
     ax.plot(days, [1.0, *c["predicted"]], "o--", ms=3, label="hazard model (mean S)")
     ax.plot(days, [1.0, *c["population"]], ":", label="population curve (training rows)")
     ax.set(

@@ -147,6 +147,7 @@ def gate_decision(
     new_score: float,
     store_origin: str | None,
     champion: Callable[[], ChampionView],
+    label: str | None = None,
 ) -> GateDecision:
     """Champion alias only if at least as good as the current champion on the same rows.
 
@@ -176,6 +177,7 @@ def gate_decision(
         store_origin: the events the challenger was trained on.
         champion: loads the champion's :class:`ChampionView` (may raise ValueError or
             LookupError: then it cannot score these rows and is replaced).
+        label: the metric's name in the reason (``roc_auc_30d``), ``metric`` by default.
 
     """
     if version is None:
@@ -211,7 +213,7 @@ def gate_decision(
                 new = probability_metrics(y, common["_new"].to_numpy(), 2)[metric]
                 old = probability_metrics(y, common["p"].to_numpy(), 2)[metric]
                 rows = f"{len(common):,} held-out rows in common"
-                return _compare(metric, tol, new, old, version, rows)
+                return _compare(label or metric, tol, new, old, version, rows)
         seen = champ.labels_seen_until
         unseen = test[TIMESTAMP] >= pd.Timestamp(seen) if seen else np.zeros(len(test), bool)
         unseen = np.asarray(unseen)
@@ -221,7 +223,7 @@ def gate_decision(
             new = probability_metrics(y, np.asarray(p_test)[unseen], 2)[metric]
             old = probability_metrics(y, champ.predict(rows_unseen), 2)[metric]
             rows = f"{len(y):,} test rows after every label champion v{version} saw"
-            return _compare(metric, tol, new, old, version, rows)
+            return _compare(label or metric, tol, new, old, version, rows)
     except (ValueError, LookupError) as err:
         return GateDecision(
             CHAMPION,
