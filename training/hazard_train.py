@@ -159,9 +159,22 @@ def rows_params(params: Params) -> Params:
     :func:`training.dataset.training_frame` keeps the as-of times whose label window is
     observed; one period is the shortest window the hazard uses, so every such time is a
     row (the longer windows are handled by censoring and the ``H_max`` split). No other
-    parameter changes: same FeatureService, population and sampling as the fixed model.
+    parameter changes but the cap on contacts per as-of time (``hazard.max_rows_per_snapshot``
+    when it is the smaller): same FeatureService and population as the fixed model.
     """
-    return _with_horizon(params, params.hazard.period_days)
+    caps = [
+        c for c in (params.hazard.max_rows_per_snapshot, params.training.max_rows_per_snapshot) if c
+    ]
+    # The contacts are sampled per as-of time before the Feast retrieval (bounded cost),
+    # by the smaller of the two caps and the training seed.
+    out = _with_horizon(params, params.hazard.period_days)
+    return out.model_copy(
+        update={
+            "training": out.training.model_copy(
+                update={"max_rows_per_snapshot": min(caps) if caps else None}
+            )
+        }
+    )
 
 
 def purged_before(
@@ -278,7 +291,8 @@ def fit_evaluate_hazard(
     train_rows = frame[parts["train"]]
     # BG/NBD as the fixed models get it: one fit on the last training as-of time, read at
     # each horizon (its inputs to the hazard model, and the bgnbd baseline).
-    bg = fit_on_snapshot(last_time_rows(train_rows), h_max, tp.seed)
+    needs_bg = tp.btyd_inputs or "bgnbd" in BASELINES[model_spec(model).label_rule]
+    bg = fit_on_snapshot(last_time_rows(train_rows), h_max, tp.seed) if needs_bg else None
     hm = hz.fit_hazard_model(
         model,
         features,
@@ -329,7 +343,12 @@ def fit_evaluate_hazard(
         for method in methods_h:
             fitted = _calibrated(
                 _fit_baseline(
-                    method, model, train_h, hparams, trained_for, replace(bg, horizon_days=h)
+                    method,
+                    model,
+                    train_h,
+                    hparams,
+                    trained_for,
+                    replace(bg, horizon_days=h) if bg is not None else None,
                 ),
                 tp.calibration,
                 valid_h,
