@@ -43,7 +43,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -289,10 +289,8 @@ def fit_evaluate_hazard(
         counts = {k: hz.count_frame(frame[parts[k]], events, cut[k], hp, conv) for k in cut}
     say(f"hazard model on {len(pp['train']):,} person-period rows")
     train_rows = frame[parts["train"]]
-    # BG/NBD as the fixed models get it: one fit on the last training as-of time, read at
-    # each horizon (its inputs to the hazard model, and the bgnbd baseline).
-    needs_bg = tp.btyd_inputs or "bgnbd" in BASELINES[model_spec(model).label_rule]
-    bg = fit_on_snapshot(last_time_rows(train_rows), h_max, tp.seed) if needs_bg else None
+    # BG/NBD inputs as the fixed models get them: one fit on the last training as-of time.
+    bg = fit_on_snapshot(last_time_rows(train_rows), h_max, tp.seed) if tp.btyd_inputs else None
     hm = hz.fit_hazard_model(
         model,
         features,
@@ -342,14 +340,9 @@ def fit_evaluate_hazard(
                 methods_h = ()
         for method in methods_h:
             fitted = _calibrated(
-                _fit_baseline(
-                    method,
-                    model,
-                    train_h,
-                    hparams,
-                    trained_for,
-                    replace(bg, horizon_days=h) if bg is not None else None,
-                ),
+                # BG/NBD (None): fitted by the baseline on its own last training time,
+                # as the fixed model's split would.
+                _fit_baseline(method, model, train_h, hparams, trained_for, None),
                 tp.calibration,
                 valid_h,
             )
