@@ -108,9 +108,19 @@ def test_fit_evaluate_scores_every_horizon_against_the_baselines(tiny_params):
     # The realised curve is the test rows' share without activity by each period end.
     assert ev.curve["days"] == [7, 14, 21, 28]
     assert np.all(np.diff(ev.curve["realised"]) <= 0)
-    # Nothing the fit saw reaches the test times.
-    test_start = ev.test[TIMESTAMP].min()
-    assert pd.Timestamp(ev.model.training["labels_seen_until"]) == test_start
+    # The served model is refitted on every as-of time (training.refit), censored at the
+    # end of the data, with the held-out fit's trees; the test figures are the held-out
+    # fit's. Without the refit nothing the served model saw reaches the test times.
+    assert ev.model.training["refit"] is True
+    assert pd.Timestamp(ev.model.training["labels_seen_until"]) == end
+    assert ev.model.booster.num_trees() == ev.model.training["heldout_trees"]
+    no_refit = tiny_params.model_copy(
+        update={"training": tiny_params.training.model_copy(update={"refit": False})}
+    )
+    held = fit_evaluate_hazard(frame, events, end, no_refit, "churn")
+    assert held.model.training["refit"] is False
+    assert pd.Timestamp(held.model.training["labels_seen_until"]) == ev.test[TIMESTAMP].min()
+    assert held.metrics == ev.metrics  # the same held-out fit either way
     best = max(("recency", "rfm", "logreg"), key=lambda m: ev.metrics[m]["roc_auc_28d"])
     assert ev.best_baseline == best
     assert ev.beats_baseline == (

@@ -43,7 +43,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -389,13 +389,18 @@ def fit_evaluate_hazard(
             f"{name}: no baseline at {skipped} days: the history before the test times is "
             "too short for their purged split (the hazard model is still scored there)"
         )
-    hm.training.update(
+    served = hm
+    if tp.refit:
+        say("refit on every as-of time")
+        served = refit_hazard(hm, frame, first, events, end, params)
+    else:
+        served.training.update(refit=False, labels_seen_until=test_start.isoformat())
+    served.training.update(
         {
             "as_of_train": ranges["train"],
             "as_of_valid": ranges["valid"],
             "as_of_test": ranges["test"],
-            # Every label the fit saw (training and validation periods) ends by then.
-            "labels_seen_until": test_start.isoformat(),
+            "heldout_trees": hm.booster.num_trees(),
             "best_baseline": best,
             "beats_baseline": beats,
             "selection": sentence,
@@ -404,7 +409,7 @@ def fit_evaluate_hazard(
         }
     )
     return HazardEvaluation(
-        model=hm,
+        model=served,
         test=test,
         labels=labels,
         probs=probs,
@@ -415,6 +420,76 @@ def fit_evaluate_hazard(
         selection=sentence,
         ranges=ranges,
         warnings=warnings,
+    )
+
+
+def refit_hazard(
+    heldout: hz.HazardModel,
+    frame: pd.DataFrame,
+    first: pd.Series,
+    events: pd.DataFrame,
+    end: pd.Timestamp,
+    params: Params,
+) -> hz.HazardModel:
+    """The hazard (and count) model refitted on every as-of time, censored at ``end``.
+
+    As the fixed models' refit (``training.refit``): the held-out fit's number of trees
+    (leaf settings adapted to these rows), BG/NBD inputs refitted on the last as-of time, the
+    held-out fit's calibrator and count scale (no later time is left to fit new ones
+    out of sample; the fixed models keep theirs the same way when no twin fits). The
+    served model then has seen the most recent periods; its test figures are the
+    held-out fit's.
+    """
+    import lightgbm as lgb
+
+    from training.fit import adapt_to_rows, lightgbm_params
+
+    hp, tp = params.hazard, params.training
+    h_max = hp.period_days * hp.h_max_periods
+    pp = hz.person_period(frame, first, end, hp)
+    bg = fit_on_snapshot(last_time_rows(frame), h_max, tp.seed) if heldout.btyd else None
+    cols = [*heldout.features, hz.PERIOD, *(hz.BTYD_INPUTS if bg is not None else ())]
+
+    def inputs(rows: pd.DataFrame) -> pd.DataFrame:
+        return (hz.add_btyd_inputs(rows, bg, hp.period_days) if bg is not None else rows)[cols]
+
+    def rounds(X, y, objective: str, trees: int) -> lgb.Booster:
+        settings = (
+            adapt_to_rows(tp.lightgbm, y)
+            if objective == "binary" and tp.adapt_to_rows
+            else tp.lightgbm
+        )
+        booster_params = lightgbm_params(settings, tp.seed, None)
+        if objective == "poisson":
+            booster_params.update(objective="poisson", metric="poisson")
+        data = lgb.Dataset(X, label=y, free_raw_data=False)
+        return lgb.train(booster_params, data, num_boost_round=max(1, trees))
+
+    y = pp[hz.LABEL].to_numpy()
+    booster = rounds(inputs(pp), y, "binary", heldout.booster.num_trees())
+    count_booster = None
+    if heldout.count_booster is not None:
+        cf = hz.count_frame(frame, events, end, hp, params.data.conversion_event)
+        count_booster = rounds(
+            inputs(cf), cf[hz.LABEL].to_numpy(), "poisson", heldout.count_booster.num_trees()
+        )
+    ts = frame[TIMESTAMP]
+    return replace(
+        heldout,
+        booster=booster,
+        count_booster=count_booster,
+        btyd=bg,
+        training={
+            **heldout.training,
+            "refit": True,
+            "refit_rows": len(pp),
+            "refit_as_of": _span(ts, len(frame)),
+            "trees": booster.num_trees(),
+            "count_trees": count_booster.num_trees() if count_booster is not None else None,
+            "calibration": f"{heldout.training.get('calibration')}: the held-out fit's",
+            # Periods ending by the end of the data: every label it saw ends by then.
+            "labels_seen_until": pd.Timestamp(end).isoformat(),
+        },
     )
 
 
