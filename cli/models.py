@@ -189,6 +189,12 @@ def _train_hazards(c: Context, names: list[str], strict: bool) -> list:
         console.print(f"[{style}]baselines: {escape(ev.selection)}[/{style}]")
         console.print(f"gate: {escape(result.reason)}")
         console.print(split_table(name, ev.ranges))
+        facts = ev.model.training
+        if facts.get("refit"):
+            console.print(
+                f"[dim]refit on {facts['refit_rows']:,} person-period rows, as-of "
+                f"{escape(facts['refit_as_of'])}[/dim]"
+            )
         for line in ev.warnings:
             if line.endswith(ev.selection):
                 continue  # already said, in yellow
