@@ -33,8 +33,8 @@ next activity of ``labels.churn_activity_types``) and registers it under its own
    (``roc_auc_30d``; ``test_<method>_<metric>_<h>d`` for every method), ``c_index``,
    ``integrated_brier``, plots, the held-out predictions and the model as text + JSON.
 
-The registered model is the held-out fit (no refit on the later as-of times: see the
-README's "Not done yet").
+With ``training.refit`` the registered model is then refitted on every as-of time
+(:func:`refit_hazard`); the test figures and the gate use the held-out fit's predictions.
 """
 
 from __future__ import annotations
