@@ -45,7 +45,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -819,14 +818,3 @@ def train_hazard_model(
         ev.model.training["store_origin"] = store_origin(paths.events)
         say(STAGES[3])
         return log_and_register_hazard(paths, params, model, ev)
-
-
-def hazard_summary(result: HazardTrainResult, params: Params) -> dict[str, Any]:
-    """The figures the CLI prints: per horizon and method, ROC-AUC / Brier / ECE."""
-    out: dict[str, Any] = {}
-    for h in params.hazard.horizons_days:
-        out[h] = {
-            m: {k: v.get(f"{k}_{h}d") for k in ("roc_auc", "pr_auc", "brier", "ece")}
-            for m, v in result.metrics.items()
-        }
-    return out
