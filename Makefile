@@ -60,7 +60,7 @@ run: $(STAMP) ## fresh machine -> full pipeline on the built-in demo data
 
 test: $(DEV_STAMP) ## fresh machine -> lint + passing test suite
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about a minute)
 	$(BIN)/ruff check .

@@ -247,16 +247,19 @@ def score_latest(c: Context) -> str:
     from serving.champions import load_champions
     from serving.runs import run_path
     from serving.scoring import planned_run_id, score
+    from serving.timing import load_timing
 
     try:
         snap = pick_snapshot(c.paths.features_dir)
         champions = load_champions(c.paths, c.params)
-        run_id = planned_run_id(c.paths, c.params, snap.as_of, champions.identity)
+        # The hazard models count in the run id too: load them once for both.
+        timing = load_timing(c.paths, c.params)
+        run_id = planned_run_id(c.paths, c.params, snap.as_of, champions.identity, timing)
         if run_path(c.paths, run_id).exists():
             console.print(f"run {run_id}: already scored (same snapshot, models and rules)")
             return run_id
         with console.status(f"scoring {snap.as_of:%Y-%m-%d}"):
-            run = score(c.paths, c.params, champions=champions)
+            run = score(c.paths, c.params, champions=champions, timing=timing)
     except (FileNotFoundError, LookupError, ValueError) as err:
         fail(str(err))
     console.print(f"run {run.run_id}: {run.rows:,} contacts, stages {run.stages}")

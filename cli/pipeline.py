@@ -45,12 +45,12 @@ def score_recent(c: Context, runs: int = RECENT_RUNS) -> None:
             print_range_notes(run_)
 
 
-def write_report(c: Context, out: Path | None = None) -> Path:
+def write_report(c: Context, out: Path | None = None, contact: str | None = None) -> Path:
     """Build the HTML report; returns its path."""
     from reporting.report import build_report
 
     try:
-        return build_report(c.paths, c.params, out)
+        return build_report(c.paths, c.params, out, contact=contact)
     except (FileNotFoundError, LookupError) as err:
         fail(str(err))
 
@@ -59,10 +59,17 @@ def write_report(c: Context, out: Path | None = None) -> Path:
 def report(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="HTML file to write.")] = None,
+    contact: Annotated[
+        str | None,
+        typer.Option(
+            "--contact",
+            help="Whose survival curve to draw (default: the first of the at-risk list).",
+        ),
+    ] = None,
 ) -> None:
     """Write the self-contained HTML report (index, KPIs, models, SHAP, at-risk list)."""
     with console.status("building the report"):
-        path = write_report(context(ctx), out)
+        path = write_report(context(ctx), out, contact)
     console.print(f"report: [bold]{lit(path)}[/bold]")
 
 

@@ -22,6 +22,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.1%}"
 
 
+def _days(x: float | None) -> str:
+    # Null: expected to act before lapsing (serving/timing.py, days_to_churn).
+    return "-" if x is None or x != x else f"{x:.0f}"
+
+
 def _money(x: float | None, fmt: str) -> str:
     # NaN: the data has no amounts (ingested with --no-amounts).
     return "unknown" if x is None or x != x else fmt.format(x)
@@ -79,7 +84,28 @@ def score_command(
         )
     for name in run.missing:
         console.print(missing_model_note(name, run.undecided), soft_wrap=True)
+    print_timing_note(run.timing)
     print_range_notes(run)
+
+
+def print_timing_note(timing: dict) -> None:
+    """Which time-to-event answers the run holds (hazard models), and which it lacks."""
+    if not timing:
+        return
+    horizons = ", ".join(f"{h}d" for h in timing.get("horizons_days", []))
+    present = sorted(set(timing.get("versions", {})))
+    if present:
+        console.print(
+            f"time to event ({lit(', '.join(present))} hazard models): columns at "
+            f"{lit(horizons)}, days_to_* (README, Time-to-event columns)"
+        )
+    missing = timing.get("missing", [])
+    if missing:
+        console.print(
+            f"[yellow]note:[/yellow] no {lit(' / '.join(missing))} hazard model: the run "
+            "has no time-to-event columns for it (`engage train` fits them)",
+            soft_wrap=True,
+        )
 
 
 def print_range_notes(run) -> None:
@@ -157,11 +183,21 @@ def at_risk_command(
         bool,
         typer.Option("--win-back", help="List the lapsed customers (no recent activity) instead."),
     ] = False,
+    sort: Annotated[
+        str,
+        typer.Option(
+            "--sort",
+            help="value (value at risk, highest first) or days-to-churn (expected days to "
+            "churn, soonest first; needs a run scored with the churn hazard model).",
+            case_sensitive=False,
+        ),
+    ] = "value",
 ) -> None:
     """Reachable customers by value at risk (p_churn x CLV), with reasons and an action.
 
     Lapsed customers (no activity within labels.churn_active_within_days) are never in
-    this list: `--win-back` lists them apart.
+    this list: `--win-back` lists them apart. `--sort days-to-churn` puts first the
+    customers who lapse soonest unless they act (serving/timing.py, days_to_churn).
     """
     from serving.at_risk import FORMATS, at_risk_list, to_csv, to_json
 
@@ -177,7 +213,13 @@ def at_risk_command(
     top = 20 if top is None else top
     try:
         info, frame = at_risk_list(
-            c.paths, top=top, segment=segment, run_id=run, stage=stage, win_back=win_back
+            c.paths,
+            top=top,
+            segment=segment,
+            run_id=run,
+            stage=stage,
+            win_back=win_back,
+            sort=sort.lower(),
         )
     except (LookupError, ValueError) as err:
         fail(str(err))
@@ -198,10 +240,14 @@ def at_risk_command(
         title += f": {frame['value_at_risk'].sum():,.0f} {currency} at risk"
     if unknown:
         title += f" ({unknown} of unknown value: no amounts in the data, ranked by p_churn)"
+    if sort.lower() == "days-to-churn":
+        title += "; by expected days to churn, soonest first"
+    timed = "days_to_churn" in frame.columns
     table = Table(title=title, show_lines=True)
     for col, justify in (
         ("customer", "left"),
         ("p_churn", "right"),
+        *((("days to churn", "right"),) if timed else ()),
         ("stage", "left"),
         ("segment", "left"),
         (f"value at risk ({currency})", "right"),
@@ -213,6 +259,7 @@ def at_risk_command(
         table.add_row(
             lit(row.customer_id),
             f"{row.p_churn:.2f}",
+            *((_days(row.days_to_churn),) if timed else ()),
             lit(row.stage),
             lit(row.segment),
             _money(row.value_at_risk, "{:,.0f}"),
@@ -251,6 +298,7 @@ def thresholds_command(
         current_threshold,
         load_held_out,
         propose,
+        stated_threshold,
         threshold_table,
     )
 
@@ -304,12 +352,19 @@ def thresholds_command(
     elif proposal.threshold is None:
         console.print(f"[yellow]{escape(proposal.reason)}[/yellow]")
     else:
+        stated = stated_threshold(c.params, model, proposal.threshold)
+        horizon, said = c.params.labels.horizon_days, c.params.index.stated_horizon_days
+        carried = (
+            ""
+            if horizon == said
+            else f" (p within {horizon} days >= {proposal.threshold:.4f}, stated for {said} days)"
+        )
         console.print(
-            f"proposal: {spec.threshold_param} = {proposal.threshold:.4f} "
+            f"proposal: {spec.threshold_param} = {stated:.4f}{carried} "
             f"({escape(proposal.reason)}): "
             f"{proposal.contacts:,.1f} contacts per run, precision {_pct(proposal.precision)}, "
             f"recall {_pct(proposal.recall)}\n"
-            f"apply with `--set {spec.threshold_param}={proposal.threshold:.4f}` or in params.yaml"
+            f"apply with `--set {spec.threshold_param}={stated:.4f}` or in params.yaml"
         )
 
 

@@ -339,6 +339,9 @@ class MlflowParams(_Section):
 class IndexParams(_Section):
     tau_purchase: Probability
     tau_churn: Probability
+    # The horizon the two thresholds are stated for; models trained for another
+    # labels.horizon_days get them converted (serving/index.py:thresholds_at).
+    stated_horizon_days: Days
     # A margin wider than 0.5 would pin every contact in its first stage.
     hysteresis: Annotated[Float, Field(ge=0, le=0.5)]
     min_dwell_runs: Annotated[Int, Field(ge=1, le=52)]

@@ -590,6 +590,62 @@ def cdnow_tables(
     }
 
 
+def fit_purchase_hazard(
+    frame: pd.DataFrame,
+    events: pd.DataFrame,
+    end: pd.Timestamp,
+    params: Params,
+    say: Progress | None = None,
+) -> tuple[hz.HazardModel, dict[str, dict[str, int]]]:
+    """The purchase hazard and count models on a calibration period that ends at ``end``.
+
+    Three quarters of the customers train, the other quarter (every as-of time) stops
+    the boosting and fits the calibrator; periods after ``end`` are censored.
+
+    Args:
+        frame: training rows (``customer_id``, ``event_timestamp`` before ``end``, the
+            appetence features as float32).
+        events: the calibration events (``customer_id``, ``event_type``,
+            ``event_time``), none at or after ``end``.
+        end: end of the observed data (the calibration end).
+        params: parameters (``hazard``, ``training``, ``data.conversion_event``).
+        say: progress messages.
+
+    Returns:
+        The fitted model and the row counts of its person-period and count frames.
+
+    """
+    from evaluation.cdnow import valid_customers
+
+    say = say or (lambda _m: None)
+    hp, tp = params.hazard, params.training
+    conv = params.data.conversion_event
+    features = model_feature_names(params)
+    first = hz.first_event_times(frame, events, [conv])
+    in_valid = valid_customers(frame[ENTITY_KEY], 0.25, tp.seed).to_numpy()
+    say(f"person-period rows of {len(frame):,} training rows")
+    pp_tr = hz.person_period(frame[~in_valid], first[~in_valid], end, hp)
+    pp_va = hz.person_period(frame[in_valid], first[in_valid], end, hp)
+    cf_tr = hz.count_frame(frame[~in_valid], events, end, hp, conv)
+    cf_va = hz.count_frame(frame[in_valid], events, end, hp, conv)
+    say(f"hazard + count LightGBM on {len(pp_tr):,} + {len(cf_tr):,} rows")
+    bg = None
+    if tp.btyd_inputs:
+        # As the product's models: BG/NBD on the snapshot of the last training as-of time.
+        from training.btyd import fit_on_snapshot
+        from training.fit_evaluate import last_time_rows
+
+        bg = fit_on_snapshot(
+            last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
+        )
+    hm = hz.fit_hazard_model("appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va, btyd=bg)
+    rows = {
+        "person_period": {"train": len(pp_tr), "valid": len(pp_va)},
+        "count": {"train": len(cf_tr), "valid": len(cf_va)},
+    }
+    return hm, rows
+
+
 def run_cdnow(
     data_dir: Path,
     params: Params,
@@ -608,7 +664,6 @@ def run_cdnow(
         calibration_paths,
         fit_bgnbd,
         sample_customers,
-        valid_customers,
         window_truth,
         write_calibration_events,
     )
@@ -656,28 +711,8 @@ def run_cdnow(
     features = model_feature_names(cparams)
     frame[features] = frame[features].astype("float32")
     cal_events = cal[[CUSTOMER_ID, "event_type", EVENT_TIME]]
-    first = hz.first_event_times(frame, cal_events, [cparams.data.conversion_event])
-    in_valid = valid_customers(frame[ENTITY_KEY], 0.25, tp.seed).to_numpy()
-    say(f"cdnow: person-period rows of {len(frame):,} training rows")
-    pp_tr = hz.person_period(frame[~in_valid], first[~in_valid], as_of, hp)
-    pp_va = hz.person_period(frame[in_valid], first[in_valid], as_of, hp)
-    conv = cparams.data.conversion_event
-    cf_tr = hz.count_frame(frame[~in_valid], cal_events, as_of, hp, conv)
-    cf_va = hz.count_frame(frame[in_valid], cal_events, as_of, hp, conv)
-    say(f"cdnow: hazard + count LightGBM on {len(pp_tr):,} + {len(cf_tr):,} rows")
     fit_began = time.perf_counter()
-    hazard_bg = None
-    if tp.btyd_inputs:
-        # As the product's models: BG/NBD on the snapshot of the last training as-of time.
-        from training.btyd import fit_on_snapshot
-        from training.fit_evaluate import last_time_rows
-
-        hazard_bg = fit_on_snapshot(
-            last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
-        )
-    hm = hz.fit_hazard_model(
-        "appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va, btyd=hazard_bg
-    )
+    hm, rows = fit_purchase_hazard(frame, cal_events, as_of, cparams, say)
     fit_seconds = time.perf_counter() - fit_began
 
     ids = pd.Index(pd.read_parquet(paths.customers)[CUSTOMER_ID].sort_values(), name=ENTITY_KEY)
@@ -735,9 +770,9 @@ def run_cdnow(
             frame[TIMESTAMP].nunique(),
         ),
         "training_rows": len(frame),
-        "person_period_rows": {"train": len(pp_tr), "valid": len(pp_va)},
-        "count_rows": {"train": len(cf_tr), "valid": len(cf_va)},
-        "fit": {**hm.training, "seconds": fit_seconds, "btyd_inputs": hazard_bg is not None},
+        "person_period_rows": rows["person_period"],
+        "count_rows": rows["count"],
+        "fit": {**hm.training, "seconds": fit_seconds, "btyd_inputs": hm.btyd is not None},
         "bgnbd_params": {k: float(v) for k, v in bg.params_.items()},
         "pareto_params": {k: float(v) for k, v in pareto.params_.items()},
         "median_within_h_max": float(np.mean(~np.isnan(median))),

@@ -14,8 +14,10 @@ Sections, most actionable first:
 5. **Lead funnel** - MQL -> SQL -> SAL -> won per run (:mod:`serving.leads`);
 6. **Model quality** - the top-decile precision in plain words next to the technical
    metrics of every method the runs logged, model versions by name and date;
-7. **Monthly KPIs** - warm-up months (no full active window of history yet) marked;
-8. **Lifecycle segments** and **SHAP summary**.
+7. **When: time to event** - a contact's survival curves and the hazard model's
+   predicted vs realised first purchases per week (:mod:`reporting.timing_section`);
+8. **Monthly KPIs** - warm-up months (no full active window of history yet) marked;
+9. **Lifecycle segments** and **SHAP summary**.
 
 Charts are inline SVG (:mod:`reporting.charts`), the SHAP and curve plots embedded PNG:
 no network access is needed to open the file. Money is shown in ``value.currency``.
@@ -37,8 +39,10 @@ from engage.specs import MODEL_NAMES
 from reporting.charts import STAGE_COLOURS, bar_chart, flow_chart, line_chart
 from reporting.kpis import monthly_kpis
 from reporting.monitoring_section import monitoring_section
-from serving.index import STAGES
+from reporting.timing_section import timing_section
+from serving.index import STAGES, thresholds_at
 from serving.segments import SEGMENTS
+from serving.timing import Timing
 
 SECTIONS = (
     "This week",
@@ -47,6 +51,7 @@ SECTIONS = (
     "Stages over time",
     "Lead funnel",
     "Model quality",
+    "When: time to event",
     "Monthly KPIs",
     "Lifecycle segments",
     "SHAP summary",
@@ -280,7 +285,7 @@ def _churn_risk(paths: Paths, params: Params) -> str:
     from serving.thresholds import load_held_out
 
     parts = []
-    tau = params.index.tau_churn
+    tau = thresholds_at(params.index, params.labels.horizon_days).tau_churn
     try:
         _, scores = read_run(paths, columns=["has_purchased", "p_churn"])
     except LookupError as err:
@@ -426,7 +431,7 @@ def _stages(paths: Paths) -> str:
 
 
 def _funnel(paths: Paths, params: Params) -> str:
-    from serving.leads import lead_funnel
+    from serving.leads import lead_funnel, mql_threshold
 
     try:
         funnel = lead_funnel(paths, params)
@@ -461,10 +466,11 @@ def _funnel(paths: Paths, params: Params) -> str:
     pct = {c: "{:.1%}" for c in ("SQL / MQL", "SAL / SQL", "won / SAL", "bought / SQL")}
     count = {c: "{:,.0f}" for c in ("mql", "sql", "sal", "won", "bought")}
     lp = params.leads
+    tau_purchase = thresholds_at(params.index, params.labels.horizon_days).tau_purchase
     note = _note(
         f"MQL: a prospect in {', '.join(lp.mql_segments)} or with p_purchase &ge; "
-        f"{lp.mql_min_p_purchase:g}; SQL: a prospect in Purchase (p_purchase &ge; "
-        f"{params.index.tau_purchase:g}); SAL: an SQL with a <code>{lp.accepted_event}"
+        f"{mql_threshold(params):.3g}; SQL: a prospect in Purchase (p_purchase &ge; "
+        f"{tau_purchase:.3g}); SAL: an SQL with a <code>{lp.accepted_event}"
         f"</code> event within {lp.accepted_within_days} days of the run; won: a SAL who "
         f"bought within {params.labels.horizon_days} days; bought / SQL counts every SQL who "
         "bought, accepted or not. A run whose windows have not elapsed by the last event "
@@ -600,14 +606,31 @@ def _segments(paths: Paths, last_runs: int) -> str:
     return _table(segs, {s: "{:,.0f}" for s in SEGMENTS}, left=("run",))
 
 
-def build_report(paths: Paths, params: Params, out: Path | None = None, last_runs: int = 4) -> Path:
+def build_report(
+    paths: Paths,
+    params: Params,
+    out: Path | None = None,
+    last_runs: int = 4,
+    contact: str | None = None,
+    timing: Timing | None = None,
+) -> Path:
     """Write the HTML report and return its path (default ``<data>/reports/report.html``).
 
     Every string that comes from the data (customer ids, segments, reasons, run ids,
     model tags) is HTML-escaped.
 
+    Args:
+        paths: resolved locations.
+        params: the parsed params.yaml.
+        out: the HTML file (default ``<data>/reports/report.html``).
+        last_runs: runs shown in the segment table.
+        contact: whose survival curve the "When" section draws (default: the first of
+            the at-risk list).
+        timing: the hazard models (default: the registry's hazard champions).
+
     Raises:
         FileNotFoundError: no events yet (the message names the commands that make them).
+        LookupError: ``contact`` is not in the latest scoring run.
 
     """
     from engage.data.io import CREATE_HINT
@@ -623,6 +646,7 @@ def build_report(paths: Paths, params: Params, out: Path | None = None, last_run
         "Stages over time": _stages(paths),
         "Lead funnel": _funnel(paths, params),
         "Model quality": quality,
+        "When: time to event": timing_section(paths, params, timing, contact),
         "Monthly KPIs": _kpis(paths, params),
         "Lifecycle segments": _segments(paths, last_runs),
         "SHAP summary": shap_html,

@@ -157,6 +157,20 @@ _TOP_K = Field(
 )
 
 
+_HORIZONS = Field(
+    default=None,
+    min_length=1,
+    description=(
+        "Horizons in days of the time-to-event answers (`horizons` of each prediction): "
+        "distinct whole days, each at most H_max = hazard.period_days x "
+        "hazard.h_max_periods (params.yaml; 91 by default), the time the hazard models "
+        "follow; a longer one is refused (400 naming `horizons_days`). Null or absent: "
+        "hazard.horizons_days (7, 30, 90 by default)."
+    ),
+    examples=[[7, 30, 90]],
+)
+
+
 class PredictRequest(_Request):
     """Score contacts by id, with the latest features of the Feast online store."""
 
@@ -171,6 +185,39 @@ class PredictRequest(_Request):
     )
     explain: bool = _EXPLAIN
     top_k: WholeNumber = _TOP_K
+    horizons_days: list[Annotated[WholeNumber, Field(ge=1)]] | None = _HORIZONS
+
+
+class HorizonAnswer(_Response):
+    """The hazard models' answers at one horizon (every probability names its horizon)."""
+
+    horizon_days: int = Field(
+        description="The horizon, in days from features_as_of.", examples=[30]
+    )
+    p_purchase: float | None = Field(
+        description=(
+            "P(a purchase within horizon_days) from the appetence hazard model (one fit, any "
+            "horizon; non-decreasing in the horizon). Null without that model, or for an "
+            "unknown customer."
+        ),
+        examples=[0.21],
+    )
+    p_churn: float | None = Field(
+        description=(
+            "P(no activity of labels.churn_activity_types within horizon_days), the churn "
+            "label at this horizon, from the churn hazard model (customers only; "
+            "non-increasing in the horizon: a longer window leaves more time to act). Null "
+            "for a prospect, without that model, or for an unknown customer."
+        ),
+        examples=[0.35],
+    )
+    expected_purchases: float | None = Field(
+        description=(
+            "Expected number of purchase days within horizon_days (the appetence hazard "
+            "model's count model). Null without it, or for an unknown customer."
+        ),
+        examples=[0.4],
+    )
 
 
 class _Scores(_Response):
@@ -257,6 +304,55 @@ class _Scores(_Response):
         description="Registry versions of the champion models used (models:/<name>@champion).",
         examples=[_EXAMPLE_VERSIONS],
     )
+    decision_horizon_days: dict[str, int] = Field(
+        description=(
+            "The horizon (days) of p_purchase and p_churn, the probabilities deciding the "
+            "stage (each champion's label horizon, labels.horizon_days when trained)."
+        ),
+        examples=[{"p_purchase": 30, "p_churn": 30}],
+    )
+    horizons: list[HorizonAnswer] = Field(
+        description=(
+            "The hazard models' answers at each asked horizon (`horizons_days`), in order; "
+            "fields of a missing hazard model are null (see `timing_missing`)."
+        ),
+        examples=[
+            [
+                {"horizon_days": 7, "p_purchase": 0.05, "p_churn": 0.8, "expected_purchases": 0.06},
+                {
+                    "horizon_days": 30,
+                    "p_purchase": 0.21,
+                    "p_churn": 0.35,
+                    "expected_purchases": 0.4,
+                },
+            ]
+        ],
+    )
+    days_to_purchase: float | None = Field(
+        description=(
+            "Median predicted days until the next purchase (appetence hazard model). Null: "
+            "not within H_max, no such model, or an unknown customer."
+        ),
+        examples=[24.5],
+    )
+    days_to_activity: float | None = Field(
+        description=(
+            "Median predicted days until the customer's next activity of "
+            "labels.churn_activity_types (churn hazard model). Null: not within H_max, a "
+            "prospect, no such model, or an unknown customer."
+        ),
+        examples=[9.0],
+    )
+    days_to_churn: float | None = Field(
+        description=(
+            "Expected days to churn: the days left before the customer lapses (no activity "
+            "within labels.churn_active_within_days), given when the churn hazard model says "
+            "it more likely than not stays quiet until then (the median time to lapse); 0 "
+            "when already lapsed. Null when it is expected to act first, for a prospect, "
+            "without the churn hazard model, or for an unknown customer."
+        ),
+        examples=[12.0],
+    )
 
 
 class Prediction(_Scores):
@@ -289,6 +385,18 @@ class Prediction(_Scores):
     )
 
 
+_TIMING_VERSIONS = Field(
+    description="Registry versions of the hazard (time-to-event) models used.",
+    examples=[_EXAMPLE_VERSIONS],
+)
+_TIMING_MISSING = Field(
+    description=(
+        "Hazard models with no champion: their fields (`horizons`, `days_to_*`) are null."
+    ),
+    examples=[[]],
+)
+
+
 class PredictResponse(_Response):
     """Predictions in the order of the requested ids."""
 
@@ -297,6 +405,12 @@ class PredictResponse(_Response):
         description="Registry versions of the champion models used.",
         examples=[_EXAMPLE_VERSIONS],
     )
+    horizons_days: list[int] = Field(
+        description="The horizons answered (the request's, or hazard.horizons_days).",
+        examples=[[7, 30, 90]],
+    )
+    timing_versions: dict[str, str] = _TIMING_VERSIONS
+    timing_missing: list[str] = _TIMING_MISSING
     reference_time: datetime = Field(
         description=(
             "The time staleness is measured against: the server's clock, or the fixed "
@@ -320,6 +434,11 @@ class PredictFeaturesResponse(_Response):
         description="Registry versions of the champion models used.",
         examples=[_EXAMPLE_VERSIONS],
     )
+    horizons_days: list[int] = Field(
+        description="The horizons answered: hazard.horizons_days.", examples=[[7, 30, 90]]
+    )
+    timing_versions: dict[str, str] = _TIMING_VERSIONS
+    timing_missing: list[str] = _TIMING_MISSING
 
 
 class AtRiskRequest(_Request):
@@ -457,6 +576,24 @@ class Readiness(_Response):
             "so this alone does not make the service unready."
         ),
     )
+    timing_models: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "The hazard (time-to-event) models loaded: name -> `v<version> <period>dx"
+            "<periods> <content digest>`. A model absent here answers null."
+        ),
+        examples=[{"appetence": "v2 7dx13 3f1c2a9b0d4e", "churn": "v2 7dx13 9a0b1c2d3e4f"}],
+    )
+    horizons_days: list[int] = Field(
+        default_factory=list,
+        description="The horizons /predict answers by default (hazard.horizons_days).",
+        examples=[[7, 30, 90]],
+    )
+    h_max_days: int | None = Field(
+        default=None,
+        description="The longest horizon /predict accepts (H_max of the loaded hazard models).",
+        examples=[91],
+    )
 
 
 class NotReady(BaseModel):
@@ -526,12 +663,30 @@ def feature_row_example(rules: dict[str, ValueRule]) -> dict[str, float]:
     return {n: _EXAMPLE_BY_KIND.get(r.kind, 0.0) for n, r in rules.items()}
 
 
-def predict_request_model(max_ids: int) -> type[BaseModel]:
-    """:class:`PredictRequest` with the most ids per request (``serving.max_ids``)."""
+def predict_request_model(max_ids: int, h_max_days: int | None = None) -> type[BaseModel]:
+    """:class:`PredictRequest` with the most ids per request (``serving.max_ids``).
+
+    With ``h_max_days`` (the configured ``H_max``) the schema bounds each horizon and the
+    list's length too; the service still checks the loaded models' own ``H_max``.
+    """
+    horizons = {}
+    if h_max_days is not None:
+        base = PredictRequest.model_fields["horizons_days"]
+        horizons["horizons_days"] = (
+            list[Annotated[WholeNumber, Field(ge=1, le=h_max_days)]] | None,
+            Field(
+                default=None,
+                min_length=1,
+                max_length=h_max_days,
+                description=base.description,
+                examples=base.examples,
+            ),
+        )
     return create_model(
         "PredictRequest",
         __base__=PredictRequest,
         __doc__=PredictRequest.__doc__,
+        **horizons,
         customer_ids=(
             list[CustomerId],
             Field(

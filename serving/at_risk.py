@@ -72,6 +72,11 @@ _SEGMENT_ACTION = {
 }
 FORMATS = ("table", "csv", "json")
 LAPSED_SEGMENTS = (LOST, AT_RISK)
+# How an at-risk list is ordered: value at risk (the default), or expected days to churn
+# (serving.timing: the days left before a customer lapses, soonest first), which needs a
+# run scored with the churn hazard model.
+SORTS = ("value", "days-to-churn")
+DAYS_TO_CHURN = "days_to_churn"
 
 
 def suggested_action(stage: str, segment: str) -> str:
@@ -95,6 +100,7 @@ def at_risk_list(
     run_id: str | None = None,
     stage: str | None = None,
     win_back: bool = False,
+    sort: str = "value",
 ) -> tuple[RunInfo, pd.DataFrame]:
     """The ``top`` reachable customers by value at risk of a scoring run.
 
@@ -106,15 +112,19 @@ def at_risk_list(
         stage: keep only this stage (Retention or Exit).
         win_back: list the lapsed customers instead (no activity within the churn
             model's window), by value at risk.
+        sort: ``value`` (value at risk, highest first) or ``days-to-churn``: expected
+            days to churn, soonest first (customers expected to act before they lapse,
+            null, follow), ties by value at risk; the run must hold ``days_to_churn``.
 
     Returns:
         The run and a frame with ``customer_id``, ``p_churn``, ``stage``, ``segment``,
         ``clv``, ``value_at_risk``, ``lapsed``, ``reasons`` (list of up to 3 sentences)
-        and ``action``.
+        and ``action``; plus ``days_to_churn`` when the run holds it.
 
     Raises:
-        ValueError: unknown segment or stage (the message lists the valid ones) or
-            top < 1.
+        ValueError: unknown segment, stage or sort (the message lists the valid ones),
+            top < 1, or ``sort="days-to-churn"`` on a run without ``days_to_churn``
+            (named, with the run's row count).
         LookupError: no scoring run, an unknown run id, or a run scored without a
             churn model.
 
@@ -124,10 +134,21 @@ def at_risk_list(
     wanted = normalise_segment(segment) if segment is not None else None
     if stage is not None and stage not in (RETENTION, EXIT):
         raise ValueError(f"stage must be {RETENTION} or {EXIT} (customers), got {stage!r}")
+    if sort not in SORTS:
+        raise ValueError(f"--sort must be one of {', '.join(SORTS)}, got {sort!r}")
     columns = [ENTITY_KEY, "has_purchased", "p_churn", "stage", "segment", "clv"]
     info = find_run(paths, run_id)
     info.require("churn", "at-risk list")
-    extra = ["lapsed"] if "lapsed" in pq.read_schema(info.path).names else []
+    names = pq.read_schema(info.path).names
+    extra = ["lapsed"] if "lapsed" in names else []
+    if DAYS_TO_CHURN in names:
+        extra.append(DAYS_TO_CHURN)
+    elif sort == "days-to-churn":
+        raise ValueError(
+            f"--sort days-to-churn: run {info.run_id} has no {DAYS_TO_CHURN} column "
+            f"({info.rows:,} rows): it was scored without a churn hazard model; train one "
+            "and score again, or sort by value (the default)"
+        )
     _, runs = read_run(paths, info.run_id, columns=[*columns, "value_at_risk", *extra])
     runs["lapsed"] = lapsed(runs)
     keep = (runs["has_purchased"] == 1) & (runs["lapsed"] == win_back)
@@ -135,7 +156,11 @@ def at_risk_list(
         keep &= runs["segment"] == wanted
     if stage is not None:
         keep &= runs["stage"] == stage
-    picked = rank_by_value_at_risk(runs.loc[keep]).head(top)
+    ranked = rank_by_value_at_risk(runs.loc[keep])
+    if sort == "days-to-churn":
+        # Stable: equal days (and the nulls, last) keep the value-at-risk order.
+        ranked = ranked.sort_values(DAYS_TO_CHURN, kind="stable", na_position="last")
+    picked = ranked.head(top)
     # Read the reasons only for the rows shown: at 1M contacts they dominate the file.
     reasons = reasons_of(info, picked.index.to_numpy())
     out = picked.drop(columns="has_purchased").reset_index(drop=True)

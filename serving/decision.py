@@ -22,6 +22,7 @@ Everything is numpy: no frame is built, which is most of the cost of one contact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from engage.config import Params
 from engage.specs import MODEL_SPECS, deciding_spec
 from serving.champions import Champions
 from serving.explain import Explainer, Reasons
-from serving.index import dial_in_quadrant, index_arrays, stabilise
+from serving.index import dial_in_quadrant, index_arrays, stabilise, thresholds_at
 from serving.segments import REQUIRED as SEGMENT_COLUMNS
 from serving.segments import segment_codes
 from serving.value import REQUIRED as VALUE_COLUMNS
@@ -64,8 +65,12 @@ class Layout:
     populations: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, champions: Champions) -> Layout:
-        """Every model's features, the segment and value rules' and population columns."""
+    def of(cls, champions: Champions, extra_inputs: Sequence[str] = ()) -> Layout:
+        """Every model's features, the segment and value rules' and population columns.
+
+        ``extra_inputs`` (e.g. the hazard models' features, :attr:`serving.timing.Timing.features`)
+        are appended when not already there: read with the rest, ignored by :func:`decide`.
+        """
         rules = {
             name: rule
             for name, model in champions.models.items()
@@ -73,7 +78,9 @@ class Layout:
         }
         extra = [f for features, _ in rules.values() for f in features]
         inputs = list(
-            dict.fromkeys([*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS, *extra])
+            dict.fromkeys(
+                [*champions.features, *SEGMENT_COLUMNS, *VALUE_COLUMNS, *extra, *extra_inputs]
+            )
         )
         columns = {name: j for j, name in enumerate(inputs)}
         model_columns = {
@@ -193,11 +200,14 @@ def decide(
             x = np.ascontiguousarray(X[np.ix_(rows, layout.model_columns[name])])
             p[rows] = champions[name].proba_matrix(x)
         probabilities[spec.probability] = p
+    # The thresholds are stated for index.stated_horizon_days; the champions were
+    # trained for labels.horizon_days (load_champions checks it).
+    index = thresholds_at(params.index, params.labels.horizon_days)
     stage, score, dial = index_arrays(
         customer.astype("int8"),
         probabilities["p_purchase"],
         probabilities["p_churn"],
-        params.index,
+        index,
     )
     stage_runs = np.ones(n, dtype="int32")
     if previous_stage is not None:
@@ -206,7 +216,7 @@ def decide(
             customer,
             probabilities["p_purchase"],
             probabilities["p_churn"],
-            params.index,
+            index,
             previous_stage,
             previous_runs,
         )

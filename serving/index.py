@@ -38,6 +38,7 @@ deciding probability that is NaN, or any probability outside [0, 1], is a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -172,6 +173,51 @@ def engagement_index(
     code, score, dial = index_arrays(has_purchased, p_purchase, p_churn, params)
     stage = pd.Categorical.from_codes(code, categories=list(STAGES))
     return pd.DataFrame({"stage": stage, "engagement_score": score, "dial_position": dial})
+
+
+def purchase_threshold_at(tau: float, stated_days: int, horizon_days: int) -> float:
+    """A threshold on P(purchase within the horizon), carried from ``stated_days``.
+
+    At a constant daily purchase hazard, P(purchase within h) = 1 - (1 - P_s)^(h / s)
+    for P_s the probability within s days; the threshold moves the same way, so a
+    contact at the threshold has the same daily intent at either horizon.
+    """
+    return 1.0 - (1.0 - float(tau)) ** (horizon_days / stated_days)
+
+
+def churn_threshold_at(tau: float, stated_days: int, horizon_days: int) -> float:
+    """A threshold on P(quiet throughout the horizon), carried from ``stated_days``.
+
+    At a constant daily activity hazard, P(quiet throughout h) = P_s^(h / s).
+    """
+    return float(tau) ** (horizon_days / stated_days)
+
+
+@lru_cache(maxsize=64)
+def thresholds_at(index: IndexParams, horizon_days: int) -> IndexParams:
+    """The ``index`` parameters with both thresholds carried to ``horizon_days``.
+
+    ``index.tau_purchase`` and ``index.tau_churn`` are stated for
+    ``index.stated_horizon_days``; models trained for another label horizon
+    (``labels.horizon_days``) decide with the converted thresholds (see
+    :func:`purchase_threshold_at`, :func:`churn_threshold_at`). At the stated horizon
+    they are returned unchanged; 0 and 1 stay 0 and 1.
+
+    Raises:
+        ValueError: ``horizon_days`` is not a positive number of days.
+
+    """
+    if not horizon_days or horizon_days <= 0:
+        raise ValueError(f"horizon_days must be a positive number of days, got {horizon_days!r}")
+    s = index.stated_horizon_days
+    if horizon_days == s:
+        return index
+    return index.model_copy(
+        update={
+            "tau_purchase": purchase_threshold_at(index.tau_purchase, s, horizon_days),
+            "tau_churn": churn_threshold_at(index.tau_churn, s, horizon_days),
+        }
+    )
 
 
 UNKNOWN = -1  # previous stage code of a contact absent from the previous run

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from engage.config import Params, Paths
 from features.catalog import ENTITY_KEY
 from serving.at_risk import reasons_of, suggested_action
-from serving.index import PURCHASE
+from serving.index import PURCHASE, purchase_threshold_at
 from serving.runs import RunInfo, find_run, list_runs, read_run
 from serving.segments import normalise_segment
 
@@ -55,6 +55,19 @@ def mql_segments(params: Params) -> list[str]:
         return [normalise_segment(s) for s in params.leads.mql_segments]
     except ValueError as err:
         raise ValueError(f"leads.mql_segments: {err}") from None
+
+
+def mql_threshold(params: Params) -> float:
+    """``leads.mql_min_p_purchase`` at the models' horizon.
+
+    Like the index thresholds it is stated for ``index.stated_horizon_days`` and carried to
+    ``labels.horizon_days`` the same way, so every SQL stays an MQL.
+    """
+    return purchase_threshold_at(
+        params.leads.mql_min_p_purchase,
+        params.index.stated_horizon_days,
+        params.labels.horizon_days,
+    )
 
 
 def qualify(scores: pd.DataFrame, params: Params) -> pd.DataFrame:
@@ -78,7 +91,7 @@ def qualify(scores: pd.DataFrame, params: Params) -> pd.DataFrame:
     prospect = scores["has_purchased"].to_numpy() == 0
     p = scores["p_purchase"].to_numpy(dtype="float64")
     with np.errstate(invalid="ignore"):
-        keen = p >= params.leads.mql_min_p_purchase
+        keen = p >= mql_threshold(params)
     in_segment = scores["segment"].isin(mql_segments(params)).to_numpy()
     out = scores.copy()
     out["sql"] = prospect & (scores["stage"].to_numpy() == PURCHASE)

@@ -17,6 +17,11 @@ runs are re-read when the scores folder changes (a new batch run), checked with 
 ``stat`` per request. Rows sent as features (``/predict_features``) carry no contact id,
 so they get the plain thresholds.
 
+The hazard champions (:class:`serving.timing.Timing`, either may be missing) add the
+answers at any horizon: their inputs are read in the same online lookup, and
+:func:`serving.timing.timing_columns`, the function batch scoring calls, turns the same
+feature values into the same horizon-named numbers.
+
 The hot path avoids per-request overhead that does not change the numbers: the Feast
 feature services are resolved once (``FeatureStore.get_feature_service`` re-reads the
 registry on every call), the online response is read with ``to_dict`` (``to_df`` costs
@@ -34,9 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 
 from engage.config import Params, Paths
-from engage.specs import MODEL_NAMES
+from engage.specs import MODEL_NAMES, MODEL_SPECS
 from features.catalog import ENTITY_KEY, SNAPSHOT_TIME, ValueRule, value_rules
 from features.online_store import OnlineStoreUnavailable
 from features.snapshots import pick_snapshot
@@ -46,6 +52,7 @@ from serving.explain import Explainer
 from serving.index import NURTURE, STAGES
 from serving.runs import PreviousStages, previous_stages
 from serving.segments import NEW, SEGMENTS
+from serving.timing import HorizonError, Timing, check_horizons, load_timing, timing_columns
 
 # Fixed reference time of the stale-feature flag (ISO-8601); the clock when unset.
 NOW_ENV = "ENGAGE_SERVING_NOW"
@@ -107,9 +114,35 @@ class Scored:
     reasons: list[list[dict]] | None
     as_of_s: np.ndarray
     lapsed: np.ndarray | None = None
+    # The hazard models' columns (serving.timing.timing_columns) of every row, NaN for an
+    # unknown contact, at ``horizons``; None when no timing was computed.
+    timing: pd.DataFrame | None = None
+    horizons: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.known)
+
+    def _timing_record(self, i: int) -> dict:
+        """Row ``i``'s horizon-named answers: one entry per horizon, then the medians."""
+        t = self.timing
+
+        def get(name: str) -> float | None:
+            return _opt(t[name].iat[i]) if t is not None and name in t.columns else None
+
+        return {
+            "horizons": [
+                {
+                    "horizon_days": h,
+                    "p_purchase": get(f"p_purchase_{h}d"),
+                    "p_churn": get(f"p_churn_{h}d"),
+                    "expected_purchases": get(f"expected_purchases_{h}d"),
+                }
+                for h in self.horizons
+            ],
+            "days_to_purchase": get("days_to_purchase"),
+            "days_to_activity": get("days_to_activity"),
+            "days_to_churn": get("days_to_churn"),
+        }
 
     def records(self) -> list[dict]:
         """One dict per row; NaN becomes None (JSON null)."""
@@ -127,6 +160,7 @@ class Scored:
                     "value_at_risk": _opt(self.value_at_risk[i]),
                     "lapsed": bool(self.lapsed[i]) if self.lapsed is not None else False,
                     "reasons": None if self.reasons is None else self.reasons[i],
+                    **self._timing_record(i),
                 }
             )
         return out
@@ -146,6 +180,8 @@ class OnlinePredictor:
         champions: models to use (default: ``churn@champion`` and ``appetence@champion``
             from the MLflow registry).
         store: a Feast ``FeatureStore`` (default: :func:`features.store.get_store`).
+        timing: the hazard models (default: the registry's hazard champions, either may
+            be missing; :func:`serving.timing.load_timing`).
 
     The stores are only read: the champions through a read-only registry query
     (:func:`training.registry.load_model`), the Feast registry and online store through
@@ -164,19 +200,26 @@ class OnlinePredictor:
         params: Params,
         champions: Champions | None = None,
         store=None,
+        timing: Timing | None = None,
     ) -> None:
         from features.store import open_store_read_only
 
         self.paths, self.params = paths, params
         self.champions = champions or load_champions(paths, params)
         self.versions = dict(self.champions.versions)
+        self.timing = timing if timing is not None else load_timing(paths, params)
+        self.decision_horizon_days = {
+            MODEL_SPECS[m].probability: int(model.horizon_days)
+            for m, model in self.champions.models.items()
+        }
         self.store = store if store is not None else open_store_read_only(paths)
         snapshot = pick_snapshot(paths.features_dir)
         self.snapshot_as_of = snapshot.as_of
         typical = typical_by_half(snapshot.path, self.champions.features)
         self.explainers: dict[str, Explainer] = make_explainers(self.champions, params, typical)
         # Every column the decision needs, in one fixed order: the matrix layout.
-        self.layout = Layout.of(self.champions)
+        # The hazard models' inputs are read in the same online lookup.
+        self.layout = Layout.of(self.champions, self.timing.features)
         self.inputs = self.layout.inputs
         self._col = self.layout.columns
         self._half = self._col[HALF]
@@ -338,7 +381,7 @@ class OnlinePredictor:
         """
         X = np.zeros((2, len(self.inputs)))
         X[:, self._half] = (0.0, 1.0)
-        self.score_matrix(X, explain=True, top_k=3)
+        self.score_matrix(X, explain=True, top_k=3, horizons=self.timing.horizons_days)
         self.lookup(["__engage_warm_up__"])
 
     # ------------------------------------------------------------------------ scoring
@@ -350,6 +393,7 @@ class OnlinePredictor:
         top_k: int = 3,
         previous_stage: np.ndarray | None = None,
         previous_runs: np.ndarray | None = None,
+        horizons: Sequence[int] | None = None,
     ) -> Scored:
         """Score rows of features (every row must be a known contact).
 
@@ -360,11 +404,15 @@ class OnlinePredictor:
             previous_stage: each row's stage code in the previous run (-1 unknown); None
                 applies the plain thresholds.
             previous_runs: runs spent in that stage (0 unknown).
+            horizons: horizons (days) of the hazard models' answers (default:
+                ``hazard.horizons_days``); see :func:`serving.timing.timing_columns`.
 
         Raises:
-            RequestError: ``has_purchased`` is not 0 or 1 in some row.
+            RequestError: ``has_purchased`` is not 0 or 1 in some row, or a horizon
+                beyond ``H_max`` (the message names ``horizons_days`` and the rule).
 
         """
+        hs = self.check_horizons(horizons)
         try:
             d = decide(
                 X,
@@ -398,16 +446,48 @@ class OnlinePredictor:
             reasons=reasons,
             as_of_s=np.full(n, np.nan),
             lapsed=d.lapsed,
+            # The very function batch scoring calls, on the same feature values.
+            timing=(
+                timing_columns(pd.DataFrame(X, columns=self.inputs), self.timing, hs)
+                if self.timing.models
+                else None
+            ),
+            horizons=hs,
         )
 
+    def check_horizons(self, horizons: Sequence[int] | None) -> tuple[int, ...]:
+        """The asked horizons (default: ``hazard.horizons_days``), each within ``H_max``.
+
+        Raises:
+            RequestError: names ``horizons_days`` and the rule it breaks.
+
+        """
+        try:
+            return check_horizons(
+                self.timing.horizons_days if horizons is None else horizons,
+                self.timing.h_max_days,
+            )
+        except HorizonError as err:
+            raise RequestError(str(err)) from None
+
     def predict_ids(
-        self, customer_ids: Sequence[str], explain: bool = False, top_k: int = 3
+        self,
+        customer_ids: Sequence[str],
+        explain: bool = False,
+        top_k: int = 3,
+        horizons: Sequence[int] | None = None,
     ) -> Scored:
         """Look up and score contacts by id; ids without online features are unknown.
 
         An unknown id (never seen, or features older than the Feast TTL) is not an
         error: it is a new prospect, placed in Nurture / New with null probabilities.
+
+        Raises:
+            RequestError: a horizon beyond ``H_max`` (checked before any lookup).
+            StoreUnavailable: the online store cannot be read.
+
         """
+        hs = self.check_horizons(horizons)
         X, as_of = self.lookup(customer_ids)
         half = X[:, self._half]
         known = ~np.isnan(as_of) & ((half == 0.0) | (half == 1.0))
@@ -416,7 +496,7 @@ class OnlinePredictor:
             # stage in the previous batch run, exactly as `engage score` does.
             before, before_runs = self.previous().lookup([str(c) for c in customer_ids])
             scored = self.score_matrix(
-                X, explain, top_k, previous_stage=before, previous_runs=before_runs
+                X, explain, top_k, previous_stage=before, previous_runs=before_runs, horizons=hs
             )
             scored.as_of_s = as_of
             return scored
@@ -434,6 +514,12 @@ class OnlinePredictor:
             reasons=[[] for _ in range(n)] if explain else None,
             as_of_s=np.where(known, as_of, np.nan),
             lapsed=np.zeros(n, dtype=bool),
+            timing=(
+                pd.DataFrame(np.nan, index=range(n), columns=self.timing.columns(hs))
+                if self.timing.models
+                else None
+            ),
+            horizons=hs,
         )
         if not known.any():
             return out
@@ -445,7 +531,10 @@ class OnlinePredictor:
             top_k,
             previous_stage=before,
             previous_runs=before_runs,
+            horizons=hs,
         )
+        if out.timing is not None:
+            out.timing.iloc[rows] = scored.timing.to_numpy()
         for name in (
             "p_purchase",
             "p_churn",

@@ -70,6 +70,19 @@ SCHEMA = pa.schema(
 )
 
 
+def run_schema(timing_columns: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """:data:`SCHEMA` plus the timing columns of the hazard models (float64, in order).
+
+    The timing columns (``p_purchase_30d``, ``days_to_churn``, ...: see
+    :mod:`serving.timing`) exist only in runs scored with hazard champions, so they follow
+    the fixed columns and every reader of the fixed ones is unaffected.
+    """
+    clash = [c for c in timing_columns if c in SCHEMA.names]
+    if clash:
+        raise ValueError(f"timing columns {clash} clash with the run schema's own columns")
+    return pa.schema([*SCHEMA, *(pa.field(c, pa.float64()) for c in timing_columns)])
+
+
 def check_run_id(run_id: str) -> str:
     """Validate a run id (it becomes a file name).
 
@@ -97,8 +110,11 @@ def run_writer(
     meta: dict[str, Any],
     checks: Callable[[], dict[str, Any]] | None = None,
     timeout: float = 0,
+    schema: pa.Schema | None = None,
 ) -> Iterator[Callable[[pa.Table], None]]:
-    """Write a run atomically: yields ``write(table)`` for tables of :data:`SCHEMA`.
+    """Write a run atomically: yields ``write(table)`` for tables of ``schema``.
+
+    ``schema`` is :data:`SCHEMA` by default, or :func:`run_schema` with timing columns.
 
     ``meta`` is stored in the file's schema metadata; ``checks()``, called once every
     table is written, is stored under :data:`CHECKS_KEY` (what is known only at the end:
@@ -117,7 +133,7 @@ def run_writer(
         # Temporary files of killed runs (ours are named after the pid) are garbage.
         remove_stale_temps([paths.scores_dir])
         tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-        schema = SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
+        schema = (schema or SCHEMA).with_metadata({META_KEY: json.dumps(meta).encode()})
 
         def write(table: pa.Table) -> None:
             writer.write_table(table.replace_schema_metadata(schema.metadata))
@@ -158,6 +174,16 @@ class RunInfo:
 
     checks: dict[str, Any] = field(default_factory=dict)
     missing_models: tuple[str, ...] = ()
+    # The horizon (days) of each fixed probability column (``p_purchase``, ``p_churn``),
+    # and what the run holds of the hazard models (:meth:`serving.timing.Timing.describe`:
+    # horizons, versions, columns, missing models); empty for runs scored before them.
+    decision_horizon_days: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timing_columns(self) -> list[str]:
+        """The timing columns this run holds (none without hazard champions)."""
+        return list(self.timing.get("columns") or [])
 
     def require(self, model: str, what: str) -> None:
         """Refuse ``what`` (e.g. "an at-risk list") when the run had no ``model`` champion.
@@ -196,6 +222,10 @@ def run_info(path: Path) -> RunInfo:
         trained_for=m.get("trained_for") or {},
         checks=json.loads(meta[CHECKS_KEY]) if CHECKS_KEY in meta else {},
         missing_models=tuple(m.get("missing_models") or ()),
+        decision_horizon_days={
+            k: int(v) for k, v in (m.get("decision_horizon_days") or {}).items()
+        },
+        timing=m.get("timing") or {},
     )
 
 

@@ -16,8 +16,14 @@ each contact has spent in its stage (``stage_runs``).
 Features are read in bulk from the offline snapshot file, the very rows Feast
 materialises into the online store for the latest snapshot, so batch and online scores
 agree. The default run id is the snapshot date and a hash of what decides the scores
-(as-of time, model versions, index/segment/value parameters), so rescoring the same
-thing replaces the same run.
+(as-of time, model versions, index/segment/value parameters, the hazard models' content
+and horizons), so rescoring the same thing replaces the same run.
+
+With hazard champions (:mod:`serving.timing`) every row also gets the horizon-named
+time-to-event columns (``p_purchase_30d``, ``p_churn_7d``, ``days_to_churn``, ...) from
+:func:`serving.timing.timing_columns`, the function ``/predict`` calls too; the run's
+metadata records the decision horizon of ``p_purchase`` / ``p_churn`` and what it holds
+of the hazard models.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ from serving.champions import Champions, load_champions, make_explainers, typica
 from serving.decision import HALF, Decisions, Layout, decidable_rows, decide
 from serving.explain import REASON_TYPE, Explainer
 from serving.index import STAGES
-from serving.runs import SCHEMA, check_run_id, previous_stages, run_path, run_writer
+from serving.runs import SCHEMA, check_run_id, previous_stages, run_path, run_schema, run_writer
 from serving.runs import previous_run as run_before
 from serving.segments import SEGMENTS
+from serving.timing import Timing, load_timing, timing_columns
 
 Progress = Callable[[int, int], None]
 logger = logging.getLogger(__name__)
@@ -73,9 +80,18 @@ def _reasons_column(d: Decisions) -> pa.ListArray:
 
 
 def to_arrow(
-    d: Decisions, ids: np.ndarray, as_of: pd.Series, run_id: str, versions: dict[str, str]
+    d: Decisions,
+    ids: np.ndarray,
+    as_of: pd.Series,
+    run_id: str,
+    versions: dict[str, str],
+    timing: pd.DataFrame | None = None,
 ) -> pa.Table:
-    """The decisions of a batch as a table of the run schema (:data:`serving.runs.SCHEMA`)."""
+    """The decisions of a batch as a table of the run schema (:func:`serving.runs.run_schema`).
+
+    ``timing`` (the same rows, :func:`serving.timing.timing_columns`) adds its columns
+    after the fixed ones.
+    """
     n = len(d)
 
     def text(values: np.ndarray) -> pa.Array:
@@ -105,7 +121,11 @@ def to_arrow(
             np.ones(n, dtype="int32") if d.stage_runs is None else d.stage_runs, pa.int32()
         ),
     }
-    return pa.table(columns, schema=SCHEMA)
+    if timing is None or timing.shape[1] == 0:
+        return pa.table(columns, schema=SCHEMA)
+    for name in timing.columns:
+        columns[name] = pa.array(timing[name].to_numpy(dtype="float64"), from_pandas=True)
+    return pa.table(columns, schema=run_schema(list(timing.columns)))
 
 
 def score_batch(
@@ -115,6 +135,7 @@ def score_batch(
     explainers: dict[str, Explainer] | None = None,
     run_id: str = "",
     layout: Layout | None = None,
+    timing: Timing | None = None,
 ) -> pa.Table:
     """Score one frame of snapshot rows; returns an Arrow table of the run schema.
 
@@ -126,21 +147,23 @@ def score_batch(
             empty reason lists.
         run_id: written in the ``run_id`` column.
         layout: the decision matrix layout (default: :meth:`Layout.of` the champions).
+        timing: hazard champions; their columns at ``hazard.horizons_days`` follow.
 
     Raises:
         ValueError: missing features or invalid probabilities.
 
     """
     if len(features) == 0:
-        return SCHEMA.empty_table()
+        return run_schema(timing.columns() if timing else []).empty_table()
     layout = layout or Layout.of(champions)
     missing = [c for c in layout.inputs if c not in features.columns]
     if missing:
         raise ValueError(f"scoring: missing feature column(s) {missing[:10]}")
     X = features[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
     d = decide(X, layout, champions, params, explainers, params.scoring.top_k_reasons)
+    extra = timing_columns(features, timing) if timing is not None else None
     return to_arrow(
-        d, features[ENTITY_KEY].to_numpy(), features[TIMESTAMP], run_id, champions.versions
+        d, features[ENTITY_KEY].to_numpy(), features[TIMESTAMP], run_id, champions.versions, extra
     )
 
 
@@ -149,9 +172,17 @@ def score_frame(
     champions: Champions,
     params: Params,
     explainers: dict[str, Explainer] | None = None,
+    timing: Timing | None = None,
 ) -> pd.DataFrame:
     """:func:`score_batch` as a pandas frame (reasons as lists of dicts)."""
-    return score_batch(features, champions, params, explainers).to_pandas()
+    return score_batch(features, champions, params, explainers, timing=timing).to_pandas()
+
+
+def decision_horizons(champions: Champions) -> dict[str, int]:
+    """The horizon (days) of each fixed probability column: ``{"p_churn": 30, ...}``."""
+    return {
+        MODEL_SPECS[m].probability: int(model.horizon_days) for m, model in champions.models.items()
+    }
 
 
 def default_run_id(
@@ -159,13 +190,16 @@ def default_run_id(
     models: dict[str, str],
     params: Params,
     previous_run: str | None = None,
+    timing: dict | None = None,
 ) -> str:
     """``<as-of date>-<hash>``: the same snapshot, models, rules and previous run give the same id.
 
     ``models`` is :attr:`serving.champions.Champions.identity` (version, horizon and a
     digest of each model's content), so a model that answers differently, or for another
     horizon, gives another run id even under the same version number. The previous run
-    counts because the stability rule reads its stages.
+    counts because the stability rule reads its stages. ``timing`` is
+    :func:`timing_identity` of the hazard champions (versions, digests, horizons), when
+    any is present.
     """
     decided_by = {
         "as_of": to_utc(as_of).isoformat(),
@@ -177,20 +211,37 @@ def default_run_id(
         "reason_tolerance": params.scoring.reason_typical_tolerance,
         "previous_run": previous_run,
     }
+    if timing:
+        # Only with hazard champions: runs without them keep the ids they always had.
+        decided_by["timing"] = timing
     digest = hashlib.sha1(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:8]
     return f"{to_utc(as_of):%Y%m%d}-{digest}"
 
 
+def timing_identity(timing: Timing | None) -> dict | None:
+    """What of the hazard champions decides the run id: identities and horizons (None: none)."""
+    if timing is None or not timing.models:
+        return None
+    return {"models": timing.identity, "horizons_days": list(timing.horizons_days)}
+
+
 def planned_run_id(
-    paths: Paths, params: Params, as_of: pd.Timestamp, models: dict[str, str]
+    paths: Paths,
+    params: Params,
+    as_of: pd.Timestamp,
+    models: dict[str, str],
+    timing: Timing | None = None,
 ) -> str:
     """The default run id :func:`score` gives the snapshot at ``as_of`` with these models.
 
     It includes the previous stored run (the stability rule reads its stages), so a
-    caller can tell whether that exact run is already stored before scoring.
+    caller can tell whether that exact run is already stored before scoring; ``timing``
+    must be the hazard champions :func:`score` is given.
     """
     previous = run_before(paths, to_utc(as_of))
-    return default_run_id(as_of, models, params, previous.run_id if previous else None)
+    return default_run_id(
+        as_of, models, params, previous.run_id if previous else None, timing_identity(timing)
+    )
 
 
 @dataclass
@@ -204,6 +255,8 @@ class ScoreRun:
         scored: per model, the rows it scored.
         warnings: one line per model and feature whose out-of-range share reaches
             ``scoring.range_warning_share`` (also logged and kept in the run's metadata).
+        timing: what the run holds of the hazard models
+            (:meth:`serving.timing.Timing.describe`: horizons, columns, missing ones).
         missing: the models with no champion (their half of the index is not decided).
         undecided: the snapshot's contacts of that half, left out of the run (counted
             in its metadata, never written with a made-up stage).
@@ -226,6 +279,7 @@ class ScoreRun:
     warnings: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     undecided: int = 0
+    timing: dict = field(default_factory=dict)
 
 
 class RangeCheck:
@@ -293,6 +347,7 @@ def score(
     run_id: str | None = None,
     progress: Progress | None = None,
     champions: Champions | None = None,
+    timing: Timing | None = None,
 ) -> ScoreRun:
     """Score every contact of a snapshot and write ``scores/run=<run_id>.parquet``.
 
@@ -304,6 +359,8 @@ def score(
             id is replaced.
         progress: called with (rows done, total rows) after each batch.
         champions: models to use (default: the registry's champions).
+        timing: hazard models to use (default: the registry's hazard champions, if any):
+            their columns at ``hazard.horizons_days`` are added to the run.
 
     Returns:
         The run's id, path, as-of time, row count, model versions and stage / segment
@@ -325,7 +382,7 @@ def score(
     timeout = params.data.lock_timeout_s
     # Shared: no features build replaces the snapshot while it is read.
     with features_lock(paths.features_dir, timeout=timeout, shared=True):
-        return _score(paths, params, as_of, run_id, progress, champions, start)
+        return _score(paths, params, as_of, run_id, progress, champions, timing, start)
 
 
 def _score(
@@ -335,6 +392,7 @@ def _score(
     run_id: str | None,
     progress: Progress | None,
     champions: Champions | None,
+    timing: Timing | None,
     start: float,
 ) -> ScoreRun:
     snap = pick_snapshot(paths.features_dir, as_of)
@@ -344,10 +402,16 @@ def _score(
         # A batch command may write: a copied or moved store follows its folder first.
         relocate_artifacts(paths)
         champions = load_champions(paths, params, allow_missing=True)
+    if timing is None:
+        timing = load_timing(paths, params)
     # The stability rule compares with the latest run before this snapshot.
     previous = previous_stages(paths, snap.as_of)
     run_id = run_id or default_run_id(
-        snap.as_of, champions.identity, params, previous.run.run_id if previous.run else None
+        snap.as_of,
+        champions.identity,
+        params,
+        previous.run.run_id if previous.run else None,
+        timing_identity(timing),
     )
     scored_at = pd.Timestamp.now(tz="UTC")
     explainers = None
@@ -355,7 +419,8 @@ def _score(
         typical = typical_by_half(snap.path, champions.features)
         explainers = make_explainers(champions, params, typical)
     layout = Layout.of(champions)
-    columns = [ENTITY_KEY, TIMESTAMP, *layout.inputs]
+    columns = list(dict.fromkeys([ENTITY_KEY, TIMESTAMP, *layout.inputs, *timing.features]))
+    schema = run_schema(timing.columns())
     source = pq.ParquetFile(snap.path)
     missing = [c for c in columns if c not in source.schema_arrow.names]
     if missing:
@@ -373,6 +438,10 @@ def _score(
         "trained_for": {m: model.trained_for for m, model in champions.models.items()},
         "previous_run": previous.run.run_id if previous.run else None,
         "missing_models": list(champions.missing),
+        # Every probability names its horizon: the fixed ones here, the hazard models'
+        # in their column names (p_purchase_30d), listed under "timing".
+        "decision_horizon_days": decision_horizons(champions),
+        "timing": timing.describe(),
     }
     stage_counts = np.zeros(len(STAGES), dtype=np.int64)
     segment_counts = np.zeros(len(SEGMENTS), dtype=np.int64)
@@ -389,7 +458,9 @@ def _score(
             "warnings": check.warnings(params.scoring.range_warning_share),
         }
 
-    with run_writer(paths, run_id, meta, extra_meta, timeout=params.data.lock_timeout_s) as write:
+    with run_writer(
+        paths, run_id, meta, extra_meta, timeout=params.data.lock_timeout_s, schema=schema
+    ) as write:
         for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
             frame = batch.to_pandas()
             X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
@@ -411,7 +482,12 @@ def _score(
             )
             write(
                 to_arrow(
-                    d, frame[ENTITY_KEY].to_numpy(), frame[TIMESTAMP], run_id, champions.versions
+                    d,
+                    frame[ENTITY_KEY].to_numpy(),
+                    frame[TIMESTAMP],
+                    run_id,
+                    champions.versions,
+                    timing_columns(frame, timing) if timing.models else None,
                 )
             )
             check.add(X)
@@ -441,4 +517,5 @@ def _score(
         warnings=warnings,
         missing=list(champions.missing),
         undecided=undecided,
+        timing=timing.describe(),
     )

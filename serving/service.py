@@ -211,7 +211,8 @@ PredictFeaturesRequest = predict_features_request_model(
     FeatureRow, feature_row_example(_RULES), _MAX_IDS
 )
 # The documented limits are the enforced ones (serving.max_ids in the schema too).
-PredictRequest = predict_request_model(_MAX_IDS)
+_HAZARD = settings().params.hazard
+PredictRequest = predict_request_model(_MAX_IDS, _HAZARD.period_days * _HAZARD.h_max_periods)
 
 # Route -> request model: bodies are validated by RequestGuard before anything else.
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
@@ -731,6 +732,9 @@ class EngageService:
             max_ids=self.config.max_ids,
             restart_needed=any(current.get(m) not in (None, self.versions[m]) for m in MODEL_NAMES),
             registry_problem=registry_problem,
+            timing_models=self.predictor.timing.identity,
+            horizons_days=list(self.predictor.timing.horizons_days),
+            h_max_days=self.predictor.timing.h_max_days,
         )
 
     # -------------------------------------------------------------------- handlers
@@ -746,7 +750,9 @@ class EngageService:
         ids = request.customer_ids
         try:
             self._check_count(len(ids), "customer_ids")
-            scored = self.predictor.predict_ids(ids, request.explain, request.top_k)
+            scored = self.predictor.predict_ids(
+                ids, request.explain, request.top_k, request.horizons_days
+            )
         except RequestError as err:
             return err.status, {"error": str(err)}
         now = self.config.reference_time()
@@ -758,13 +764,23 @@ class EngageService:
             record["customer_id"] = cid
             record["status"] = "ok" if known else "unknown_customer"
             record["model_versions"] = versions
+            record["decision_horizon_days"] = self.predictor.decision_horizon_days
             record["features_as_of"] = _iso(as_of) if known else None
             record["stale"] = bool(known and as_of < stale_before)
             predictions.append(record)
         return 200, {
             "predictions": predictions,
             "model_versions": versions,
+            **self._timing_doc(scored.horizons),
             "reference_time": now.isoformat().replace("+00:00", "Z"),
+        }
+
+    def _timing_doc(self, horizons: tuple[int, ...]) -> dict:
+        timing = self.predictor.timing
+        return {
+            "horizons_days": list(horizons),
+            "timing_versions": dict(timing.versions),
+            "timing_missing": list(timing.missing),
         }
 
     def answer_predict_features(self, request: BaseModel) -> tuple[int, dict]:
@@ -780,8 +796,13 @@ class EngageService:
         for i, record in enumerate(scored.records()):
             record["row"] = i
             record["model_versions"] = self.versions
+            record["decision_horizon_days"] = self.predictor.decision_horizon_days
             predictions.append(record)
-        return 200, {"predictions": predictions, "model_versions": self.versions}
+        return 200, {
+            "predictions": predictions,
+            "model_versions": self.versions,
+            **self._timing_doc(scored.horizons),
+        }
 
     def answer_at_risk(self, request: AtRiskRequest) -> tuple[int, dict]:
         """``POST /at_risk``: (HTTP status, JSON document) from the cached latest run."""
@@ -807,14 +828,22 @@ class EngageService:
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     def predict(
-        self, customer_ids: list[str], explain: bool = False, top_k: int = 3
+        self,
+        customer_ids: list[str],
+        explain: bool = False,
+        top_k: int = 3,
+        horizons_days: list[int] | None = None,
     ) -> PredictResponse:
         """Score contacts by id with their latest online features (Feast).
 
         Unknown ids are answered with status `unknown_customer` (Nurture / New, null
-        probabilities) instead of failing the request.
+        probabilities) instead of failing the request. Each prediction also answers
+        *when*: per asked horizon (`horizons_days`) the hazard models' probabilities, and
+        the expected days to the next purchase, the next activity and churn.
         """
-        request = PredictRequest(customer_ids=customer_ids, explain=explain, top_k=top_k)
+        request = PredictRequest(
+            customer_ids=customer_ids, explain=explain, top_k=top_k, horizons_days=horizons_days
+        )
         return JSONResponse(*reversed(self.answer_predict(request)))
 
     @bentoml.api(route="/predict_features", input_spec=PredictFeaturesRequest)

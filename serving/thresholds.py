@@ -28,6 +28,7 @@ import pandas as pd
 from engage.config import Params, Paths
 from engage.specs import model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
+from serving.index import churn_threshold_at, purchase_threshold_at, thresholds_at
 
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -187,8 +188,27 @@ def propose(
 
 
 def current_threshold(params: Params, model: str) -> float:
-    """The threshold params.yaml uses for ``model``'s quadrant."""
-    return float(getattr(params.index, model_spec(model).threshold))
+    """The threshold ``model``'s quadrant uses at the models' horizon.
+
+    params.yaml states it for ``index.stated_horizon_days``; the held-out predictions are
+    probabilities within ``labels.horizon_days``, so this is the converted value
+    (:func:`serving.index.thresholds_at`).
+    """
+    index = thresholds_at(params.index, params.labels.horizon_days)
+    return float(getattr(index, model_spec(model).threshold))
+
+
+def stated_threshold(params: Params, model: str, threshold: float) -> float:
+    """A threshold at the models' horizon, as params.yaml states it.
+
+    The inverse of the conversion in :func:`current_threshold`: the value to write as
+    ``index.tau_*`` (stated for ``index.stated_horizon_days``) so that the models'
+    quadrant uses ``threshold``.
+    """
+    stated, horizon = params.index.stated_horizon_days, params.labels.horizon_days
+    if model_spec(model).threshold == "tau_churn":
+        return churn_threshold_at(threshold, horizon, stated)
+    return purchase_threshold_at(threshold, horizon, stated)
 
 
 def candidate_grid(params: Params, model: str, extra: float | None = None) -> list[float]:

@@ -84,7 +84,15 @@ def test_predictions_do_not_depend_on_the_holdout(bench, tmp_path):
     )
     before, after = result["holdout"]["predictions"], again["predictions"]
     assert not np.array_equal(before["bought"], after["bought"])
-    for col in ("p_model", "p_model_short", "p_model_chain", "p_bgnbd", "e_bgnbd", "frequency"):
+    for col in (
+        "p_model",
+        "p_model_first",
+        "p_model_short",
+        "p_model_chain",
+        "p_bgnbd",
+        "e_bgnbd",
+        "frequency",
+    ):
         np.testing.assert_array_equal(before[col].to_numpy(), after[col].to_numpy(), err_msg=col)
 
 
@@ -96,10 +104,14 @@ def test_table_has_the_four_methods(bench):
     for m in h["metrics"].values():
         assert 0.5 < m["roc_auc"] < 1.0
     preds = h["predictions"]
-    for col in ("p_model", "p_bgnbd", "p_model_short", "p_model_chain"):
+    for col in ("p_model", "p_model_first", "p_bgnbd", "p_model_short", "p_model_chain"):
         assert preds[col].between(0, 1).all()
-    # A 39-week probability is at least the 13-week one it is carried from.
-    assert (preds["p_model"] >= preds["p_model_short"] - 1e-12).all()
+    # One survival curve: a purchase within 39 weeks is at least as likely as within 13,
+    # for every customer, and strictly more likely for most.
+    assert (preds["p_model"] >= preds["p_model_first"] - 1e-12).all()
+    assert (preds["p_model"] > preds["p_model_first"]).mean() > 0.9
+    # The hazard model follows 39 weekly periods and was fitted without BG/NBD's curve.
+    assert h["hazard"]["period_days"] == 7 and h["hazard"]["periods"] == 39
     assert h["metrics"]["bgnbd"]["predicted_purchases"] > 0
     assert h["metrics"]["bgnbd"]["actual_purchases"] == preds["purchase_days"].sum()
     body = bench_cdnow.report_markdown(result)
@@ -126,18 +138,6 @@ def test_bgnbd_closed_form_matches_lifetimes(bench):
     e = bench_cdnow.bgnbd_expected(fitter, summary, 1e-4)
     np.testing.assert_allclose(p, e, rtol=1e-3)
     assert (bench_cdnow.bgnbd_prob_any(fitter, summary, 273) <= 1).all()
-
-
-def test_horizon_transfer():
-    from evaluation.cdnow import horizon_transfer
-
-    p = np.array([0.0, 0.1, 0.5, 0.9])
-    # BG/NBD curve of a Poisson customer: the hazard triples over a 3x horizon.
-    bg13 = 1 - np.exp(-np.array([0.1, 0.2, 0.3, 0.4]))
-    bg39 = 1 - np.exp(-3 * np.array([0.1, 0.2, 0.3, 0.4]))
-    np.testing.assert_allclose(horizon_transfer(p, bg13, bg39), 1 - (1 - p) ** 3)
-    # A customer BG/NBD believes gone: no growth, the short probability stays.
-    np.testing.assert_allclose(horizon_transfer(p, bg13, bg13), p)
 
 
 def test_cli_registers_cdnow():

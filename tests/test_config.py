@@ -123,6 +123,10 @@ def test_unknown_keys_are_named_by_dotted_path_with_a_suggestion(tmp_path):
         ),
         ("labels.horizon_days=yes", "labels.horizon_days: expected a number, got the boolean true"),
         ("index.tau_churn=.nan", "index.tau_churn: Input should be a finite number"),
+        (
+            "index.stated_horizon_days=0",
+            "index.stated_horizon_days: Input should be greater than 0",
+        ),
         ("training.calibration=platt", "training.calibration: Input should be 'isotonic' or"),
         ("features.windows_days=7", r"features\.windows_days: Input should be a valid tuple"),
         ("labels=3", "labels: Input should be a valid dictionary"),

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from engage.config import IndexParams
-from serving.index import STAGES, check_probability, engagement_index
+from serving.index import STAGES, check_probability, engagement_index, thresholds_at
 
-TAU = IndexParams(tau_purchase=0.3, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1)
+TAU = IndexParams(
+    tau_purchase=0.3, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1, stated_horizon_days=30
+)
 EPS = 1e-9
 NAN = float("nan")
 
@@ -59,44 +61,86 @@ def test_stage_score_and_dial_at_and_around_thresholds(inputs, stage, score, dia
     [
         # tau = 0: the lower quarter is empty, every contact of the half is in the upper one.
         (
-            IndexParams(tau_purchase=0.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=0.0,
+                tau_churn=0.5,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (0, 0.0, NAN),
             "Purchase",
             25.0,
         ),
         (
-            IndexParams(tau_purchase=0.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=0.0,
+                tau_churn=0.5,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (0, 0.4, NAN),
             "Purchase",
             35.0,
         ),
         (
-            IndexParams(tau_purchase=0.3, tau_churn=0.0, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=0.3,
+                tau_churn=0.0,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (1, NAN, 0.0),
             "Exit",
             75.0,
         ),
         # tau = 1: only p = 1 reaches the upper quarter, at its left edge (no 0 / 0).
         (
-            IndexParams(tau_purchase=1.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=1.0,
+                tau_churn=0.5,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (0, 1.0, NAN),
             "Purchase",
             25.0,
         ),
         (
-            IndexParams(tau_purchase=1.0, tau_churn=0.5, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=1.0,
+                tau_churn=0.5,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (0, 0.5, NAN),
             "Nurture",
             12.5,
         ),
         (
-            IndexParams(tau_purchase=0.3, tau_churn=1.0, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=0.3,
+                tau_churn=1.0,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (1, NAN, 1.0),
             "Exit",
             75.0,
         ),
         (
-            IndexParams(tau_purchase=0.3, tau_churn=1.0, hysteresis=0.0, min_dwell_runs=1),
+            IndexParams(
+                tau_purchase=0.3,
+                tau_churn=1.0,
+                hysteresis=0.0,
+                min_dwell_runs=1,
+                stated_horizon_days=30,
+            ),
             (1, NAN, 0.6),
             "Retention",
             65.0,
@@ -117,7 +161,13 @@ def test_stage_is_an_ordered_categorical_in_dial_order():
 @pytest.mark.parametrize("tau_p", [0.0, 0.05, 0.3, 0.5, 0.99, 1.0])
 @pytest.mark.parametrize("tau_c", [0.0, 0.2, 0.5, 0.95, 1.0])
 def test_dial_is_monotone_within_a_half_and_stays_in_its_quarters(tau_p, tau_c):
-    params = IndexParams(tau_purchase=tau_p, tau_churn=tau_c, hysteresis=0.0, min_dwell_runs=1)
+    params = IndexParams(
+        tau_purchase=tau_p,
+        tau_churn=tau_c,
+        hysteresis=0.0,
+        min_dwell_runs=1,
+        stated_horizon_days=30,
+    )
     grid = np.unique(np.concatenate([np.linspace(0, 1, 2001), [tau_p, tau_c]]))
     n = len(grid)
     prospects = engagement_index(np.zeros(n), grid, np.full(n, NAN), params)
@@ -171,3 +221,66 @@ def test_check_probability_accepts_series_and_rejects_text():
     assert check_probability(s, "p").tolist() == [0.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="p: not numeric"):
         check_probability(["a"], "p")
+
+
+# ---------------------------------------------------------------- thresholds at a horizon
+
+
+def test_thresholds_at_the_stated_horizon_are_the_stated_ones():
+    assert thresholds_at(TAU, 30) is TAU
+
+
+def test_thresholds_carried_to_another_horizon_by_hand():
+    # Purchase: 1 - (1 - 0.3)^(60/30) = 1 - 0.49 = 0.51; churn: 0.5^(60/30) = 0.25.
+    at60 = thresholds_at(TAU, 60)
+    assert at60.tau_purchase == pytest.approx(0.51)
+    assert at60.tau_churn == pytest.approx(0.25)
+    # A shorter horizon: 1 - 0.7^(15/30) = 1 - sqrt(0.7); 0.5^(1/2) = sqrt(0.5).
+    at15 = thresholds_at(TAU, 15)
+    assert at15.tau_purchase == pytest.approx(1 - 0.7**0.5)
+    assert at15.tau_churn == pytest.approx(0.5**0.5)
+    # Only the thresholds move.
+    assert (at15.hysteresis, at15.min_dwell_runs, at15.stated_horizon_days) == (0.0, 1, 30)
+
+
+def test_a_constant_hazard_contact_keeps_its_stage_at_every_horizon():
+    # A contact who buys at a constant daily hazard has P(within h) = 1 - (1 - d)^h and
+    # P(quiet throughout h) = (1 - d)^h: its stage must not depend on the horizon.
+    rng = np.random.default_rng(7)
+    daily = rng.uniform(0.0005, 0.05, 400)
+    stages = []
+    for h in (7, 14, 30, 90, 182):
+        tau = thresholds_at(TAU, h)
+        p = 1 - (1 - daily) ** h
+        q = (1 - daily) ** h
+        prospects = engagement_index(np.zeros(400), p, np.full(400, NAN), tau)["stage"]
+        customers = engagement_index(np.ones(400), np.full(400, NAN), q, tau)["stage"]
+        stages.append((prospects.astype(str).tolist(), customers.astype(str).tolist()))
+    assert all(s == stages[0] for s in stages[1:])
+    # Both stages of each half are populated, so the check is not vacuous.
+    assert {"Nurture", "Purchase"} == set(stages[0][0])
+    assert {"Retention", "Exit"} == set(stages[0][1])
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_thresholds_zero_and_one_stay_put(tau):
+    edge = TAU.model_copy(update={"tau_purchase": tau, "tau_churn": tau})
+    at = thresholds_at(edge, 91)
+    assert (at.tau_purchase, at.tau_churn) == (tau, tau)
+
+
+def test_thresholds_at_refuses_a_horizon_that_is_not_positive():
+    with pytest.raises(ValueError, match="horizon_days must be a positive number of days"):
+        thresholds_at(TAU, 0)
+
+
+def test_stated_threshold_inverts_the_conversion():
+    from engage.config import load_params
+    from serving.thresholds import current_threshold, stated_threshold
+
+    params = load_params(overrides=("labels.horizon_days=91", "index.stated_horizon_days=30"))
+    for model in ("churn", "appetence"):
+        current = current_threshold(params, model)
+        stated = getattr(params.index, "tau_churn" if model == "churn" else "tau_purchase")
+        assert current != pytest.approx(stated)
+        assert stated_threshold(params, model, current) == pytest.approx(stated)

@@ -102,6 +102,29 @@ def test_score_frame_on_a_few_rows(pipeline, champions):
     assert score_frame(features.iloc[:0], champions, pipeline.params, explainers).empty
 
 
+def test_scores_decide_with_the_thresholds_carried_to_the_models_horizon(pipeline, champions):
+    from serving.index import thresholds_at
+    from serving.scoring import score_frame
+
+    # The champions answer within 30 days; thresholds stated for 10 days are carried to 30
+    # (tau_churn 0.5 -> 0.125), so many more customers land in Exit than at 0.5.
+    stated_10 = pipeline.params.model_copy(
+        update={"index": pipeline.params.index.model_copy(update={"stated_horizon_days": 10})}
+    )
+    snap = pick_snapshot(pipeline.paths.features_dir)
+    features = pd.read_parquet(snap.path)
+    at_30 = score_frame(features, champions, pipeline.params)
+    carried = score_frame(features, champions, stated_10)
+    tau = thresholds_at(stated_10.index, 30)
+    assert tau.tau_churn == pytest.approx(0.5**3)
+    expected = engagement_index(
+        carried["has_purchased"], carried["p_purchase"], carried["p_churn"], tau
+    )["stage"].astype(str)
+    assert (carried["stage"].astype(str).to_numpy() == expected.to_numpy()).all()
+    exits = [(f["stage"].astype(str) == "Exit").sum() for f in (at_30, carried)]
+    assert exits[1] > exits[0]
+
+
 def test_batch_features_are_the_online_features(pipeline, champions, latest):
     """Feast's online store (latest snapshot) and the batch file give the same scores."""
     from features.store import get_store, online_features

@@ -130,6 +130,9 @@ def test_ready_reports_the_registry_champions(client, pipeline):
         assert body["models"][m]["uri"] == f"models:/{m}@champion"
     assert body["max_ids"] == pipeline.params.serving.max_ids
     assert "has_purchased" in body["feature_names"]
+    hazard = pipeline.params.hazard
+    assert body["horizons_days"] == list(hazard.horizons_days)
+    assert body["h_max_days"] == hazard.period_days * hazard.h_max_periods
     for probe in ("/livez", "/healthz", "/readyz"):
         assert client.get(probe).status_code == 200
 
@@ -173,6 +176,20 @@ def test_known_and_unknown_ids(client, pipeline, sample_ids, snapshot):
     assert unknown.engagement_score is None and unknown.dial_position is None
     assert unknown.value_at_risk == 0 and unknown.features_as_of is None
     assert unknown.stale is False
+
+    # Every probability names its horizon: the deciding ones, and the hazard models' per
+    # asked horizon (null where a hazard model is missing, and for an unknown id).
+    h = pipeline.params.labels.horizon_days
+    assert known.decision_horizon_days == {"p_purchase": h, "p_churn": h}
+    assert out.horizons_days == list(pipeline.params.hazard.horizons_days)
+    assert set(out.timing_missing) | set(out.timing_versions) == {"churn", "appetence"}
+    for p in out.predictions:
+        assert [a.horizon_days for a in p.horizons] == out.horizons_days
+    assert all(a.p_purchase is None for a in unknown.horizons) and unknown.days_to_churn is None
+    if "appetence" in out.timing_missing:
+        assert all(a.p_purchase is None for a in known.horizons)
+    asked = _predict(client, ids, horizons_days=[14])
+    assert asked.horizons_days == [14] and asked.predictions[0].horizons[0].horizon_days == 14
 
 
 def test_predict_agrees_with_batch_scoring(client, batch, sample_ids):
@@ -307,6 +324,30 @@ BAD_REQUESTS = [
     ("top_k NaN", "/predict", b'{"customer_ids": ["C1"], "top_k": NaN}', {}, 400, "top_k"),
     ("explain str", "/predict", b'{"customer_ids": ["C1"], "explain": "yes"}', {}, 400, "explain"),
     ("null ids", "/predict", b'{"customer_ids": null}', {}, 400, "customer_ids"),
+    (
+        "horizon beyond H_max",
+        "/predict",
+        b'{"customer_ids": ["C1"], "horizons_days": [7, 92]}',
+        {},
+        400,
+        "horizons_days.1",
+    ),
+    (
+        "repeated horizon",
+        "/predict",
+        b'{"customer_ids": ["C1"], "horizons_days": [7, 7]}',
+        {},
+        400,
+        "horizons_days: each horizon once",
+    ),
+    (
+        "no horizon",
+        "/predict",
+        b'{"customer_ids": ["C1"], "horizons_days": []}',
+        {},
+        400,
+        "horizons_days",
+    ),
     ("rows empty", "/predict_features", b'{"rows": []}', {}, 400, "rows"),
     ("rows not dicts", "/predict_features", b'{"rows": [1]}', {}, 400, "rows.0"),
     ("limit negative", "/at_risk", b'{"limit": -1}', {}, 400, "limit"),

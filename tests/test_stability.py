@@ -14,7 +14,13 @@ NAN = float("nan")
 
 
 def rule(h: float = 0.02, dwell: int = 1, tau_p: float = 0.3, tau_c: float = 0.5) -> IndexParams:
-    return IndexParams(tau_purchase=tau_p, tau_churn=tau_c, hysteresis=h, min_dwell_runs=dwell)
+    return IndexParams(
+        tau_purchase=tau_p,
+        tau_churn=tau_c,
+        hysteresis=h,
+        min_dwell_runs=dwell,
+        stated_horizon_days=30,
+    )
 
 
 def decide_one(half, p, q, prev, prev_runs=1, params=None):
