@@ -316,3 +316,14 @@ def test_the_logged_model_is_text_and_json(trained):
     mlmodel = (folder.parent.parent / "MLmodel").read_text()
     assert "hazard_pyfunc_entry.py" in mlmodel and "signature" in mlmodel
     assert "p_churn_30d" in mlmodel  # the signature names the horizon columns
+
+
+def test_the_serving_side_reads_the_trained_champion(trained):
+    """serving.timing.load_timing (scores, /predict) finds what engage train registered."""
+    from serving.timing import load_timing
+
+    params, paths, result, _ = trained
+    timing = load_timing(paths, params)
+    assert dict(timing.versions) == {"churn": result.version}
+    assert timing.models["churn"].digest() == result.evaluation.model.digest()
+    assert "appetence" in timing.missing
