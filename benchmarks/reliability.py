@@ -280,15 +280,21 @@ def models_readable(data_dir: Path) -> dict[str, str]:
     may leave none yet: that is not damage)."""
     from mlflow.entities import ViewType
 
-    from training.registry import alias_version, load_model, setup_mlflow
+    from engage.specs import HAZARD_MODEL_NAMES, hazard_question
+    from training.registry import alias_version, load_hazard_model, load_model, setup_mlflow
 
     _, paths = _paths(data_dir)
     state = {}
     with data_dir_env(data_dir):
         client = setup_mlflow(paths)
         for registered in client.search_registered_models():
-            if alias_version(client, registered.name) is not None:
-                state[registered.name] = load_model(paths, registered.name)[1]
+            name = registered.name
+            if alias_version(client, name) is None:
+                continue
+            if name in HAZARD_MODEL_NAMES:  # text + JSON of another format
+                state[name] = load_hazard_model(paths, hazard_question(name))[1]
+            else:
+                state[name] = load_model(paths, name)[1]
         ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
         state["runs"] = str(len(client.search_runs(ids, "", ViewType.ALL)))
     return state

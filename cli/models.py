@@ -1,4 +1,4 @@
-"""``engage train``: fit, evaluate against baselines, register, gate."""
+"""``engage train``: fit, evaluate against baselines, register, gate (fixed and hazard models)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cli.app import Context, app, context, fail
 from cli.ui import console, lit, progress
-from engage.specs import MODEL_NAMES
+from engage.specs import HAZARD_MODEL_NAMES, MODEL_NAMES, hazard_question
 
 
 def close_orphan_runs(paths) -> list[str]:
@@ -58,11 +58,20 @@ def train_models(c: Context, model: str, force: bool = True) -> list:
                     f"[yellow]note:[/yellow] {len(orphans)} MLflow run(s) left running by an "
                     "interrupted training marked FAILED"
                 )
-            names = list(MODEL_NAMES) if model == "all" else [model]
+            if model == "all":
+                names = list(MODEL_NAMES)
+                hazards = list(HAZARD_MODEL_NAMES) if c.params.hazard.train else []
+            else:
+                names = [model] if model in MODEL_NAMES else []
+                hazards = [model] if model in HAZARD_MODEL_NAMES else []
             if not force and c.paths.events.exists():
                 # Without events training fails with its own message (what to run).
-                names = _needing_training(c, names)
-            return _train(c, names)
+                names = _needing_training(c, names) if names else []
+                hazards = _hazards_needing_training(c, hazards)
+            results = _train(c, names)
+            # With every model (`engage train`, `engage run`), a history too short for
+            # the hazard models' H_max split is a warning: the fixed models still serve.
+            return results + _train_hazards(c, hazards, strict=model != "all")
     except StoreBusyError as err:
         fail(str(err))
 
@@ -86,6 +95,111 @@ def _needing_training(c: Context, names: list[str]) -> list[str]:
                 soft_wrap=True,
             )
     return out
+
+
+def _hazards_needing_training(c: Context, names: list[str]) -> list[str]:
+    """The hazard models among ``names`` whose data or parameters changed (or no champion)."""
+    from monitoring.retrain import compare
+    from training.fingerprint import hazard_params_fingerprint
+    from training.registry import CHAMPION, alias_version, latest_version, setup_mlflow, version_run
+    from training.train import data_fingerprint
+
+    if not names:
+        return []
+    data_fp, params_fp = data_fingerprint(c.paths.events), hazard_params_fingerprint(c.params)
+    client = setup_mlflow(c.paths)
+    out = []
+    for name in names:
+        champion = alias_version(client, name, CHAMPION)
+        same = None
+        if champion is not None:
+            for v in dict.fromkeys([champion, latest_version(c.paths, name)]):
+                if (
+                    v is not None
+                    and compare(version_run(c.paths, name, v).tags, data_fp, params_fp) is None
+                ):
+                    same = v
+                    break
+        if same is None:
+            out.append(name)
+        else:
+            console.print(
+                f"{name}: identical to {lit('v' + same)} (same events, same training "
+                "parameters), not registered (--force to train anyway)",
+                soft_wrap=True,
+            )
+    return out
+
+
+def _train_hazards(c: Context, names: list[str], strict: bool) -> list:
+    """Train the hazard models ``names``; print per horizon the test table, the gate."""
+    from training.fit_evaluate import DISPLAY
+    from training.hazard_train import HAZARD, POPULATION, train_hazard_model
+    from training.hazard_train import STAGES as HSTAGES
+
+    results = []
+    for name in names:
+        question = hazard_question(name)
+        with progress() as bar:
+            stage = bar.add_task(f"{name}: starting", total=len(HSTAGES))
+
+            def say(message: str, n=name, task=stage) -> None:
+                done = HSTAGES.index(message) if message in HSTAGES else None
+                bar.update(task, description=f"{n}: {message}", completed=done)
+
+            try:
+                result = train_hazard_model(c.paths, c.params, question, progress=say)
+            except (FileNotFoundError, ValueError, LookupError) as err:
+                bar.stop()
+                if strict:
+                    fail(f"{name}: {err}")
+                console.print(f"[yellow]warning: {escape(str(err))}: not trained[/yellow]")
+                continue
+            bar.update(stage, description=f"{name}: done", completed=len(HSTAGES))
+        results.append(result)
+        ev = result.evaluation
+        table = Table(
+            title=f"{name} v{lit(result.version)} -> @{result.alias} (hazard; test period)"
+        )
+        for col in ("horizon", "method", "ROC-AUC", "PR-AUC", "Brier", "ECE"):
+            table.add_column(col, justify="left" if col in ("horizon", "method") else "right")
+        for h in c.params.hazard.horizons_days:
+            for who, m in ev.metrics.items():
+                if f"brier_{h}d" not in m:
+                    continue
+                label = {HAZARD: "hazard LightGBM", POPULATION: "population curve"}.get(
+                    who, DISPLAY.get(who, who)
+                )
+                table.add_row(
+                    f"{h} d",
+                    lit(label),
+                    *(
+                        f"{m[f'{k}_{h}d']:.4f}" if f"{k}_{h}d" in m else "-"
+                        for k in ("roc_auc", "pr_auc", "brier", "ece")
+                    ),
+                )
+        console.print(table)
+        hm = ev.metrics[HAZARD]
+        c_index = f"{hm['c_index']:.4f}" if "c_index" in hm else "-"
+        console.print(
+            f"whole curve: c-index {c_index}, integrated Brier {hm['integrated_brier']:.4f} "
+            f"(population curve {ev.metrics[POPULATION]['integrated_brier']:.4f})"
+        )
+        style = "green" if ev.beats_baseline else "bold yellow"
+        console.print(f"[{style}]baselines: {escape(ev.selection)}[/{style}]")
+        console.print(f"gate: {escape(result.reason)}")
+        console.print(split_table(name, ev.ranges))
+        facts = ev.model.training
+        if facts.get("refit"):
+            console.print(
+                f"[dim]refit on {facts['refit_rows']:,} person-period rows, as-of "
+                f"{escape(facts['refit_as_of'])}[/dim]"
+            )
+        for line in ev.warnings:
+            if line.endswith(ev.selection):
+                continue  # already said, in yellow
+            console.print(f"[yellow]warning: {escape(line)}[/yellow]")
+    return results
 
 
 STAGES = ("training set from Feast", "leakage audit", "LightGBM and baselines, refit", "MLflow")
@@ -184,7 +298,11 @@ def train(
     ctx: typer.Context,
     model: Annotated[
         str,
-        typer.Option(help=f"{', '.join(MODEL_NAMES)} or all.", case_sensitive=False),
+        typer.Option(
+            help=f"{', '.join((*MODEL_NAMES, *HAZARD_MODEL_NAMES))} or all (the hazard "
+            "models too unless hazard.train is false).",
+            case_sensitive=False,
+        ),
     ] = "all",
     force: Annotated[
         bool,
@@ -196,6 +314,7 @@ def train(
     ] = False,
 ) -> None:
     """Train, evaluate against baselines, register in MLflow, apply the promotion gate."""
-    if model not in (*MODEL_NAMES, "all"):
-        fail(f"--model must be {', '.join(MODEL_NAMES)} or all, got {model!r}")
+    known = (*MODEL_NAMES, *HAZARD_MODEL_NAMES)
+    if model not in (*known, "all"):
+        fail(f"--model must be {', '.join(known)} or all, got {model!r}")
     train_models(context(ctx), model, force=force)

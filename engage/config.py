@@ -277,6 +277,32 @@ class HazardParams(_Section):
     h_max_periods: Annotated[Int, Field(gt=0, le=520)]
     horizons_days: Windows
     max_rows_per_snapshot: Annotated[Int, Field(gt=0)] | None
+    train: StrictBool
+    # ``<metric>_<h>d``: the gate's metric (training/hazard_train.py), at a horizon of
+    # ``horizons_days``; ROC-AUC and PR-AUC only, as ``training.promotion_metric``.
+    primary_metric: Annotated[str, StringConstraints(pattern=r"^(roc_auc|pr_auc)_[0-9]+d$")]
+
+    @property
+    def primary(self) -> tuple[str, int]:
+        """``primary_metric`` split into the metric and its horizon (``("roc_auc", 30)``)."""
+        metric, _, days = self.primary_metric.rpartition("_")
+        return metric, int(days.removesuffix("d"))
+
+    @model_validator(mode="after")
+    def _primary_at_a_horizon(self) -> HazardParams:
+        days = self.primary[1]
+        if days not in self.horizons_days:
+            _raise(
+                [
+                    _Issue(
+                        "primary_metric",
+                        f"{self.primary_metric!r} is at {days} days, not one of horizons_days "
+                        f"{list(self.horizons_days)}",
+                        ("horizons_days",),
+                    )
+                ]
+            )
+        return self
 
     @model_validator(mode="after")
     def _horizons_within_h_max(self) -> HazardParams:

@@ -93,3 +93,34 @@ def model_spec(name: str) -> ModelSpec:
 def deciding_spec(has_purchased: int) -> ModelSpec:
     """The model that decides the stage of a contact in half ``has_purchased``."""
     return next(s for s in MODEL_SPECS.values() if s.half == has_purchased)
+
+
+# The time-to-event (hazard) model of each question (training/hazard.py): one fit answers
+# every horizon up to H_max. Keyed by the fixed model whose question, population and
+# FeatureService it shares; the value is its registry name in MLflow (and the --model
+# value of `engage train`). Nothing else spells these names.
+HAZARD_NAMES: dict[str, str] = {CHURN.name: "churn_hazard", APPETENCE.name: "appetence_hazard"}
+HAZARD_MODEL_NAMES: tuple[str, ...] = tuple(HAZARD_NAMES.values())
+
+
+def hazard_name(model: str) -> str:
+    """The registry name of the hazard model of ``model`` (``churn`` -> ``churn_hazard``).
+
+    Raises:
+        ValueError: not a model of the product (the message lists the known ones).
+
+    """
+    return HAZARD_NAMES[model_spec(model).name]
+
+
+def hazard_question(name: str) -> str:
+    """The model (``churn`` / ``appetence``) whose question hazard model ``name`` answers.
+
+    Raises:
+        ValueError: not a hazard model's registry name (the message lists them).
+
+    """
+    for model, registered in HAZARD_NAMES.items():
+        if registered == name:
+            return model
+    raise ValueError(f"hazard model must be one of {list(HAZARD_MODEL_NAMES)}, got {name!r}")

@@ -287,7 +287,7 @@ def _with_horizon(params: Params, days: int) -> Params:
     )
 
 
-def _valid_customers(ids: pd.Series, share: float, seed: int) -> pd.Series:
+def valid_customers(ids: pd.Series, share: float, seed: int) -> pd.Series:
     # A stable hash per customer id: a customer is wholly in train or in valid, so the
     # overlapping label windows of one customer never straddle the two.
     h = pd.util.hash_pandas_object(ids.astype(str) + f"#{seed}", index=False).to_numpy()
@@ -335,7 +335,7 @@ def train_horizon_model(
     window_end = times[-1] + horizon
     if window_end > split.as_of:
         raise ValueError(f"a label window ends {window_end}, after {split.as_of}")
-    in_valid = _valid_customers(frame[ENTITY_KEY], valid_share, tp.seed)
+    in_valid = valid_customers(frame[ENTITY_KEY], valid_share, tp.seed)
     late = frame[TIMESTAMP].isin(times[-tp.valid_snapshots :])
     train, valid = frame[~in_valid], frame[in_valid & late]
     ytr, yva = train[LABEL].to_numpy(), valid[LABEL].to_numpy()
@@ -500,7 +500,7 @@ def history_ceiling(
 # ------------------------------------------------------------------------- one split
 
 
-def _apply_feast(paths: Paths):
+def apply_feast(paths: Paths):
     # A second apply in one process (rehearsal, then holdout) must point the data source
     # at this split's snapshots: check the path.
     apply_repo(paths)
@@ -625,7 +625,7 @@ def run_split(
     as_of_times = sorted({*weekly, *split.step_times()})
     say(f"{split.name}: {len(as_of_times)} feature snapshots, Feast")
     build_features(hparams, paths.events, paths.customers, paths.features_dir, as_of=as_of_times)
-    store = _apply_feast(paths)
+    store = apply_feast(paths)
 
     say(f"{split.name}: LightGBM on {split.horizon_days}-day labels")
     trained = train_horizon_model(paths, hparams, store, split)

@@ -10,7 +10,7 @@ Two parts, each on later time than the fit:
   window observed (no censoring in the test). On the test rows, at each horizon of
   ``hazard.horizons_days``: ROC-AUC, Brier and ECE of the hazard model against a
   fixed-horizon LightGBM trained for that horizon on the same rows by the product's
-  recipe (:func:`training.fit_evaluate._fit_lightgbm`: monotone constraints, BG/NBD
+  recipe (:func:`training.fit_evaluate.fit_lightgbm`: monotone constraints, BG/NBD
   inputs when ``training.btyd_inputs``, a calibrator on the validation rows); then
   Harrell's concordance index of the time to the event and the integrated Brier score of
   the survival curve, against the population curve (Kaplan-Meier without censoring in
@@ -252,7 +252,7 @@ def evaluate_frame(
 
     """
     from training.btyd import fit_on_snapshot
-    from training.fit_evaluate import _fit_lightgbm, _last_time_rows
+    from training.fit_evaluate import fit_lightgbm, last_time_rows
 
     say = say or (lambda _m: None)
     hp, tp = params.hazard, params.training
@@ -289,7 +289,7 @@ def evaluate_frame(
     began = time.perf_counter()
     # BG/NBD inputs as the fixed models get them: one fit on the last training as-of time.
     hazard_bg = (
-        fit_on_snapshot(_last_time_rows(frame[parts["train"]]), h_max, tp.seed)
+        fit_on_snapshot(last_time_rows(frame[parts["train"]]), h_max, tp.seed)
         if tp.btyd_inputs
         else None
     )
@@ -326,8 +326,8 @@ def evaluate_frame(
                 raise ValueError(f"{model} at {h} days: the {name} rows have a single class")
         say(f"{model}: fixed-horizon LightGBM at {h} days")
         began = time.perf_counter()
-        btyd = fit_on_snapshot(_last_time_rows(train), h, tp.seed) if tp.btyd_inputs else None
-        fixed = _fit_lightgbm(model, train, valid, hparams, label_definition(hparams, model), btyd)
+        btyd = fit_on_snapshot(last_time_rows(train), h, tp.seed) if tp.btyd_inputs else None
+        fixed = fit_lightgbm(model, train, valid, hparams, label_definition(hparams, model), btyd)
         fixed_seconds += time.perf_counter() - began
         y = horizon_label(first_test, test[TIMESTAMP], h, model)
         p_event = hz.prob_within(H, h, hp.period_days)
@@ -391,7 +391,7 @@ def evaluate_frame(
         from training.model import BTYD_FEATURES, btyd_summary
 
         train_rows = frame[parts["train"]]
-        bg = fit_on_snapshot(_last_time_rows(train_rows), h_long, tp.seed)
+        bg = fit_on_snapshot(last_time_rows(train_rows), h_long, tp.seed)
         x, t_x, big_t = btyd_summary(*(test[f].to_numpy(float) for f in BTYD_FEATURES))
         e_bg = np.nan_to_num(bg.expected(x, t_x, big_t), nan=0.0)
         out["counts"] = {
@@ -452,7 +452,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Simulate, build features every ``every_days``, and evaluate both models."""
     from engage.data.simulate import simulate_to_parquet
-    from evaluation.cdnow import _apply_feast, calibration_paths
+    from evaluation.cdnow import apply_feast, calibration_paths
     from features.aggregates import build_features, snapshot_times
     from training.dataset import check_feature_times, training_frame
     from training.labels import observed_until
@@ -476,7 +476,7 @@ def run_demo(
     times = snapshot_times(events[EVENT_TIME].min(), events[EVENT_TIME].max(), every_days, 10_000)
     say(f"demo: {len(events):,} events, {len(times)} feature snapshots, Feast")
     build_features(dparams, paths.events, paths.customers, paths.features_dir, as_of=times)
-    store = _apply_feast(paths)
+    store = apply_feast(paths)
     out: dict[str, Any] = {
         "customers": customers,
         "days": days,
@@ -615,14 +615,14 @@ def fit_purchase_hazard(
         The fitted model and the row counts of its person-period and count frames.
 
     """
-    from evaluation.cdnow import _valid_customers
+    from evaluation.cdnow import valid_customers
 
     say = say or (lambda _m: None)
     hp, tp = params.hazard, params.training
     conv = params.data.conversion_event
     features = model_feature_names(params)
     first = hz.first_event_times(frame, events, [conv])
-    in_valid = _valid_customers(frame[ENTITY_KEY], 0.25, tp.seed).to_numpy()
+    in_valid = valid_customers(frame[ENTITY_KEY], 0.25, tp.seed).to_numpy()
     say(f"person-period rows of {len(frame):,} training rows")
     pp_tr = hz.person_period(frame[~in_valid], first[~in_valid], end, hp)
     pp_va = hz.person_period(frame[in_valid], first[in_valid], end, hp)
@@ -633,10 +633,10 @@ def fit_purchase_hazard(
     if tp.btyd_inputs:
         # As the product's models: BG/NBD on the snapshot of the last training as-of time.
         from training.btyd import fit_on_snapshot
-        from training.fit_evaluate import _last_time_rows
+        from training.fit_evaluate import last_time_rows
 
         bg = fit_on_snapshot(
-            _last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
+            last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
         )
     hm = hz.fit_hazard_model("appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va, btyd=bg)
     rows = {
@@ -658,7 +658,7 @@ def run_cdnow(
     from engage.data.cdnow import load_cdnow
     from evaluation.cdnow import (
         REAL,
-        _apply_feast,
+        apply_feast,
         bgnbd_prob_any,
         bgnbd_summary,
         calibration_paths,
@@ -704,7 +704,7 @@ def run_cdnow(
     times = sorted({*train_times, as_of})
     say(f"cdnow: {len(times)} feature snapshots, Feast")
     build_features(cparams, paths.events, paths.customers, paths.features_dir, as_of=times)
-    store = _apply_feast(paths)
+    store = apply_feast(paths)
     frame = training_frame(paths, cparams, "appetence", store)
     check_feature_times(frame)
     frame = frame[frame[TIMESTAMP] < as_of].reset_index(drop=True)

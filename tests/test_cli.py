@@ -93,9 +93,17 @@ def test_features_train_score_report_then_run(runner, tmp_path):
     out = _ok(runner.invoke(app, [*SMALL, "run"]))
     assert "using existing events" in out and "pipeline done" in out and "report:" in out
     result = runner.invoke(app, [*SMALL, "train", "--model", "ltv"])
-    assert result.exit_code == 1 and "--model must be churn, appetence or all" in result.output
+    assert (
+        result.exit_code == 1
+        and "--model must be churn, appetence, churn_hazard, appetence_hazard or all"
+        in result.output
+    )
 
 
 def test_train_refuses_an_unknown_model_before_touching_anything(runner, tmp_path):
     result = runner.invoke(app, ["train", "--model", "ltv"])
-    assert result.exit_code == 1 and "--model must be churn, appetence or all" in result.output
+    assert (
+        result.exit_code == 1
+        and "--model must be churn, appetence, churn_hazard, appetence_hazard or all"
+        in result.output
+    )

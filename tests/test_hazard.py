@@ -16,7 +16,12 @@ from training.model import BGNBD, btyd_summary
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 D = pd.Timedelta(days=1)
 PARAMS = load_params(
-    overrides=("hazard.period_days=7", "hazard.h_max_periods=4", "hazard.horizons_days=[7,28]")
+    overrides=(
+        "hazard.period_days=7",
+        "hazard.h_max_periods=4",
+        "hazard.horizons_days=[7,28]",
+        "hazard.primary_metric=roc_auc_28d",
+    )
 )
 HP = PARAMS.hazard  # 4 weekly periods: 28 days
 
@@ -133,7 +138,7 @@ def test_frames_reject_bad_inputs():
 
 def test_hazard_params_are_checked_at_load():
     with pytest.raises(ConfigError, match=r"hazard\.horizons_days: \[100\] exceed .* = 91 days"):
-        load_params(overrides=("hazard.horizons_days=[7,100]",))
+        load_params(overrides=("hazard.horizons_days=[30,100]",))
     with pytest.raises(ConfigError, match=r"hazard\.period_days: Input should be greater than 0"):
         load_params(overrides=("hazard.period_days=0",))
 
@@ -316,3 +321,12 @@ def test_btyd_inputs_split_bgnbd_expectation_by_period(fitted, tmp_path):
     back = hz.read_hazard_model(hz.write_hazard_model(m, tmp_path / "b"))
     assert back.btyd == bg
     pd.testing.assert_frame_equal(hz.horizon_columns(back, scored), cols)
+    # The gate's metric names one of the horizons, and only a ranking metric.
+    with pytest.raises(ConfigError, match=r"hazard\.primary_metric: 'roc_auc_30d' is at 30 days, "):
+        load_params(overrides=("hazard.horizons_days=[7,90]",))
+    with pytest.raises(ConfigError, match=r"hazard\.primary_metric: String should match pattern"):
+        load_params(overrides=("hazard.primary_metric=brier_30d",))
+    assert load_params(overrides=("hazard.primary_metric=pr_auc_7d",)).hazard.primary == (
+        "pr_auc",
+        7,
+    )

@@ -20,6 +20,7 @@ def test_run_demo_on_a_small_simulation(tmp_path):
         overrides=(
             "hazard.h_max_periods=4",
             "hazard.horizons_days=[7,28]",
+            "hazard.primary_metric=roc_auc_28d",
             "training.valid_snapshots=2",
             "training.test_snapshots=2",
             "training.lightgbm.n_estimators=40",

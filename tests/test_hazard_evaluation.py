@@ -100,6 +100,7 @@ def tiny_params():
             "hazard.period_days=7",
             "hazard.h_max_periods=4",
             "hazard.horizons_days=[7,28]",
+            "hazard.primary_metric=roc_auc_28d",
             "training.valid_snapshots=2",
             "training.test_snapshots=2",
             "training.btyd_inputs=false",

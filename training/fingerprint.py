@@ -38,3 +38,16 @@ def params_fingerprint(params: Params) -> str:
     doc["features"] = features
     text = json.dumps(doc, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def hazard_params_fingerprint(params: Params) -> str:
+    """:func:`params_fingerprint` plus the ``hazard`` section (not its ``train`` switch).
+
+    The hazard models are trained from the same rows and LightGBM settings as the fixed
+    models, and from the period, ``H_max``, horizons, row cap and primary metric.
+    """
+    hazard = params.hazard.model_dump(exclude={"train"})
+    text = json.dumps(
+        {"base": params_fingerprint(params), "hazard": hazard}, sort_keys=True, default=list
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -62,7 +62,14 @@ def adapt_to_rows(params: LightGBMParams, y: np.ndarray) -> LightGBMParams:
     return params.model_copy(update={"min_child_samples": mcs, "num_leaves": leaves})
 
 
-def _lgb_params(params: LightGBMParams, seed: int, monotone: list[int] | None) -> dict[str, Any]:
+def lightgbm_params(
+    params: LightGBMParams, seed: int, monotone: list[int] | None
+) -> dict[str, Any]:
+    """LightGBM's parameter dict of the product's recipe (deterministic, seeded, quiet).
+
+    Shared by the fixed-horizon boosters, the hazard and count boosters and the
+    evaluations, so every LightGBM of a run is fitted the same way.
+    """
     out = params.model_dump(exclude={"n_estimators", "early_stopping_rounds"})
     out.update(
         seed=seed,
@@ -101,7 +108,7 @@ def fit_booster(
     train = lgb.Dataset(train_X, label=train_y, free_raw_data=False)
     valid = lgb.Dataset(valid_X, label=valid_y, reference=train, free_raw_data=False)
     booster = lgb.train(
-        _lgb_params(params, seed, monotone),
+        lightgbm_params(params, seed, monotone),
         train,
         num_boost_round=params.n_estimators,
         valid_sets=[valid],
@@ -127,7 +134,7 @@ def fit_booster_rounds(
     """Train LightGBM for a fixed number of rounds (the refit: no validation rows left)."""
     train = lgb.Dataset(X, label=y, free_raw_data=False)
     return lgb.train(
-        _lgb_params(params, seed, monotone),
+        lightgbm_params(params, seed, monotone),
         train,
         num_boost_round=max(1, rounds),
         callbacks=lightgbm_callbacks(),

@@ -145,7 +145,8 @@ def choose(
     )
 
 
-def _last_time_rows(rows: pd.DataFrame) -> pd.DataFrame:
+def last_time_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the latest as-of time (what BG/NBD is fitted on: one summary a contact)."""
     return rows[rows[TIMESTAMP] == rows[TIMESTAMP].max()]
 
 
@@ -172,12 +173,12 @@ def _fit_baseline(
         return fit_rfm(model, rows, model, trained_for)
     if method == "bgnbd":
         return fit_bgnbd_model(
-            model, _last_time_rows(rows), params.labels.horizon_days, seed, trained_for, btyd
+            model, last_time_rows(rows), params.labels.horizon_days, seed, trained_for, btyd
         )
     raise ValueError(f"unknown method {method!r}")
 
 
-def _fit_lightgbm(
+def fit_lightgbm(
     model: str,
     train: pd.DataFrame,
     valid: pd.DataFrame,
@@ -185,6 +186,12 @@ def _fit_lightgbm(
     trained_for: dict,
     btyd: BGNBD | None,
 ) -> EngageModel:
+    """The product's LightGBM recipe on labelled rows, calibrated on ``valid``.
+
+    Monotone constraints when ``training.monotone_constraints``, BG/NBD's two inputs when
+    ``btyd`` is given; the horizon is that of ``params.labels`` (also used by
+    :mod:`evaluation.hazard` for one fixed-horizon model per horizon).
+    """
     tp = params.training
     return fit_engage_model(
         model,
@@ -212,7 +219,7 @@ def _lightgbm_rounds(heldout: EngageModel, rows: pd.DataFrame, params: Params) -
     )
     btyd = None
     if heldout.btyd is not None:
-        btyd = fit_on_snapshot(_last_time_rows(rows), params.labels.horizon_days, tp.seed)
+        btyd = fit_on_snapshot(last_time_rows(rows), params.labels.horizon_days, tp.seed)
     shell = replace(heldout, btyd=btyd, training=dict(heldout.training), booster=None)
     constraints = [int(heldout.training["monotone"].get(c, 0)) for c in shell.input_names]
     shell.booster = fit_booster_rounds(
@@ -335,12 +342,12 @@ def fit_and_evaluate(frame: pd.DataFrame, params: Params, model: str) -> Evaluat
     btyd = None
     if tp.btyd_inputs or "bgnbd" in methods(model):
         # One BG/NBD fit on the last training as-of time serves LightGBM and the baseline.
-        last = _last_time_rows(split.train)
+        last = last_time_rows(split.train)
         btyd = fit_on_snapshot(last, params.labels.horizon_days, tp.seed)
     heldout: dict[str, EngageModel] = {}
     for method in methods(model):
         if method == MODEL:
-            fitted = _fit_lightgbm(
+            fitted = fit_lightgbm(
                 model,
                 split.train,
                 split.valid,

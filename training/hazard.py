@@ -46,6 +46,7 @@ stored as text and JSON (:func:`write_hazard_model`: ``model.json`` records the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ from engage.config import HazardParams, LightGBMParams, Params, TrainingParams
 from engage.schema import CUSTOMER_ID, EVENT_TIME, EVENT_TYPE
 from engage.specs import MODEL_NAMES, model_spec
 from features.catalog import ENTITY_KEY, TIMESTAMP
-from training.fit import _lgb_params, adapt_to_rows, fit_booster, fit_calibrator
+from training.fit import adapt_to_rows, fit_booster, fit_calibrator, lightgbm_params
 from training.model import BGNBD, BTYD_FEATURES, Calibrator, ModelFormatError, btyd_summary
 from training.progress import lightgbm_callbacks
 
@@ -451,6 +452,31 @@ class HazardModel:
     def h_max_days(self) -> int:
         return self.period_days * self.periods
 
+    def digest(self) -> str:
+        """A hash of what decides the model's answers (not of its training facts).
+
+        Name, features, period, ``H_max``, horizons, calibrator, count scale, BG/NBD
+        inputs and both boosters: two models that answer alike have the same digest
+        whatever their registry versions (as :meth:`training.model.EngageModel.digest`),
+        so a scoring run id can follow the content.
+        """
+        doc = {
+            "format": HAZARD_FORMAT,
+            "name": self.name,
+            "features": list(self.features),
+            "period_days": self.period_days,
+            "periods": self.periods,
+            "horizons_days": list(self.horizons_days),
+            "calibrator": self.calibrator.to_dict() if self.calibrator is not None else None,
+            "count_scale": self.count_scale,
+            "btyd": self.btyd.to_dict() if self.btyd is not None else None,
+        }
+        h = hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode())
+        h.update(self.booster.model_to_string().encode())
+        if self.count_booster is not None:
+            h.update(b"\0count\0" + self.count_booster.model_to_string().encode())
+        return h.hexdigest()[:12]
+
     def _predict(
         self, booster: lgb.Booster, rows: pd.DataFrame, chunk: int, raw: bool = False
     ) -> np.ndarray:
@@ -531,7 +557,7 @@ def fit_hazard_booster(
 def _fit_poisson(Xtr, ytr, Xva, yva, lgb_params: LightGBMParams, seed: int) -> lgb.Booster:
     # fit_booster's recipe (same parameters, determinism, trimmed to the best iteration)
     # with the Poisson objective and its deviance for early stopping.
-    params = _lgb_params(lgb_params, seed, None)
+    params = lightgbm_params(lgb_params, seed, None)
     params.update(objective="poisson", metric="poisson")
     tr = lgb.Dataset(Xtr, label=ytr, free_raw_data=False)
     va = lgb.Dataset(Xva, label=yva, reference=tr, free_raw_data=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from engage.specs import HAZARD_NAMES
 from features.catalog import ENTITY_KEY, TIMESTAMP
 
 NOTE_TAG = "mlflow.note.content"
@@ -43,6 +44,16 @@ DESCRIPTIONS = {
         "and a logistic regression on the same held-out as-of times; the promotion gate gives "
         "the `champion` alias. Runs are named model-<last as-of date>-<contacts>c."
     ),
+    **{
+        registered: (
+            f"**{registered}**: the time-to-event (hazard) model of the {question} question: "
+            "one LightGBM on person-period rows answers every horizon up to H_max. One run per "
+            "`engage train`: metrics per horizon (roc_auc_30d, ...), c-index and integrated "
+            "Brier score, against the baselines at each horizon on the same held-out as-of "
+            "times; the gate on hazard.primary_metric gives the `champion` alias."
+        )
+        for question, registered in HAZARD_NAMES.items()
+    },
     "monitoring": (
         "**monitoring**: one run per realised outcome of a past scoring run (`engage "
         "monitor`): the quality the champions had once their label windows closed."

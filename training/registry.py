@@ -32,9 +32,11 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 import yaml
 
-from engage.config import Paths
+from engage.config import HazardParams, Paths
 from engage.readonly import readonly_sqlite
+from engage.specs import hazard_name
 from features.catalog import TIMESTAMP
+from training.hazard import HazardModel, horizon_columns, read_hazard_model, write_hazard_model
 from training.mlflow_ui import experiment_tags, register_version, tag_experiment
 from training.model import EngageModel, read_model_dir, write_model_dir
 
@@ -53,6 +55,7 @@ MLFLOW_DB = "mlflow.db"
 # What the read-only loader needs of MLflow's schema (present since MLflow 2.3).
 REGISTRY_TABLES = ("registered_models", "model_versions", "registered_model_aliases")
 _ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+_HAZARD_ENTRY = Path(__file__).with_name("hazard_pyfunc_entry.py")
 _SHIPPED_MODULE = "engage_stored_model.py"  # training/model.py inside each logged model
 
 
@@ -621,3 +624,124 @@ def latest_version(paths: Paths, name: str) -> str | None:
     except MlflowException:
         return None
     return str(max(int(v.version) for v in versions)) if versions else None
+
+
+# ------------------------------------------------------------------------ hazard models
+
+
+class HazardMismatchError(ValueError):
+    """A hazard model's period, ``H_max`` or horizons contradict the parameters."""
+
+
+def hazard_conflicts(model: HazardModel, hp: HazardParams) -> list[str]:
+    """How the ``hazard`` parameters contradict what hazard ``model`` was trained for.
+
+    One line per value, naming the parameter and both values; empty when they agree.
+    """
+    out = []
+    if model.period_days != hp.period_days:
+        out.append(
+            f"hazard.period_days: the model has {model.period_days}-day periods, the "
+            f"parameters {hp.period_days}"
+        )
+    if model.h_max_days != hp.period_days * hp.h_max_periods:
+        out.append(
+            f"H_max: the model follows {model.periods} periods ({model.h_max_days} days), the "
+            f"parameters hazard.h_max_periods={hp.h_max_periods} "
+            f"({hp.period_days * hp.h_max_periods} days)"
+        )
+    if list(model.horizons_days) != list(hp.horizons_days):
+        out.append(
+            f"hazard.horizons_days: the model was trained for {list(model.horizons_days)}, "
+            f"the parameters ask {list(hp.horizons_days)}"
+        )
+    return out
+
+
+def log_hazard_model(model: HazardModel, name: str, example: pd.DataFrame, requirements: list[str]):
+    """Log hazard ``model`` in the active run as a models-from-code pyfunc; register it.
+
+    As :func:`log_model`: text and JSON files (``model.json``, the boosters' LightGBM
+    text) read by code, nothing pickled; the signature maps the feature columns to the
+    horizon columns of :func:`training.hazard.horizon_columns`. Registered under ``name``
+    (``appetence_hazard`` / ``churn_hazard``). Returns MLflow's ModelInfo.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_hazard_model(model, Path(tmp) / "model")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(_HAZARD_ENTRY),
+            artifacts={MODEL_DIR_ARTIFACT: str(folder)},
+            signature=infer_signature(example, horizon_columns(model, example)),
+            input_example=example,
+            pip_requirements=requirements,
+        )
+    info.registered_model_version = register_version(
+        MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri()), name, info
+    )
+    return info
+
+
+def load_hazard_model(paths: Paths, model: str, alias: str = CHAMPION) -> tuple[HazardModel, str]:
+    """The hazard model of question ``model`` holding ``alias``, and its version.
+
+    Reads ``models:/<model>_hazard@<alias>`` from its text and JSON files (as
+    :func:`load_model`: nothing unpickled, the store only read) and checks it against
+    ``paths.params.hazard``.
+
+    Args:
+        paths: resolved locations; their ``params`` are the parameters checked.
+        model: ``appetence`` or ``churn`` (the question, not the registry name).
+        alias: ``champion`` or ``challenger``.
+
+    Returns:
+        ``(training.hazard.HazardModel, version)``.
+
+    Raises:
+        ValueError: an unknown ``model``.
+        NoChampion: no version of the hazard model holds ``alias``.
+        RegistryUnavailable: the store cannot be read.
+        HazardMismatchError: its period, ``H_max`` or horizons contradict the parameters
+            (each named with both values).
+        training.model.ModelFormatError: the stored files are invalid, or hold the
+            model of another question.
+
+    """
+    hazard, version = read_hazard_version(paths, model, alias)
+    problems = hazard_conflicts(hazard, paths.params.hazard)
+    if problems:
+        name = hazard_name(model)
+        raise HazardMismatchError(
+            f"{name} v{version} was trained for other parameters:\n  "
+            + "\n  ".join(problems)
+            + f"\nretrain (`engage train --model {name}`) or use the parameters it was "
+            "trained with"
+        )
+    return hazard, version
+
+
+def read_hazard_version(paths: Paths, model: str, alias: str = CHAMPION) -> tuple[HazardModel, str]:
+    """:func:`load_hazard_model` without the check against the parameters.
+
+    For the promotion gate, which replaces a champion that answers another question
+    rather than failing on it.
+    """
+    from training.model import ModelFormatError
+
+    name = hazard_name(model)
+    ref = champion_ref(paths, name, alias)
+    if urlsplit(ref.source).scheme in ("", "file"):
+        ref = replace(ref, source=local_artifact_uri(paths, ref.source))
+        hazard = read_hazard_model(local_model_dir(ref))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            hazard = read_hazard_model(_local_model_dir(ref, Path(tmp)))
+    if hazard.name != model:
+        raise ModelFormatError(
+            f"{name} v{ref.version}: holds the {hazard.name!r} hazard model, not {model!r}"
+        )
+    return hazard, ref.version

@@ -117,11 +117,43 @@ def _scorable(y: np.ndarray) -> bool:
     return len(y) > 0 and len(np.unique(y)) == 2
 
 
-def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> GateDecision:
+@dataclass(frozen=True)
+class ChampionView:
+    """What the promotion gate needs of the current champion, whatever its kind.
+
+    Attributes:
+        store_origin: the events it was trained on (``store_origin``), or None.
+        conflicts: how it answers another question than this run's parameters ask
+            (horizon, label rule, period, ...); empty when it answers the same one.
+        held_out: reads its own held-out predictions (``customer_id``,
+            ``event_timestamp``, ``p`` for the gate's metric), None when it has none.
+        labels_seen_until: end of the last label window it was fitted on (ISO), or None.
+        predict: its probability for the gate's metric on rows of this run's test set.
+
+    """
+
+    store_origin: str | None
+    conflicts: list[str]
+    held_out: Callable[[], pd.DataFrame | None]
+    labels_seen_until: str | None
+    predict: Callable[[pd.DataFrame], np.ndarray]
+
+
+def gate_decision(
+    metric: str,
+    tol: float,
+    version: str | None,
+    challenger: Callable[[], tuple[pd.DataFrame, np.ndarray, np.ndarray]],
+    new_score: float,
+    store_origin: str | None,
+    champion: Callable[[], ChampionView],
+    label: str | None = None,
+) -> GateDecision:
     """Champion alias only if at least as good as the current champion on the same rows.
 
-    The champion was refitted on every label it could see, so scoring it on this run's
-    test rows would flatter it. It is compared, in order of preference:
+    The rule of both kinds of model (fixed-horizon and hazard). The champion was refitted
+    on every label it could see, so scoring it on this run's test rows would flatter it.
+    It is compared, in order of preference:
 
     1. through its own held-out predictions, on the test rows it shares with this run
        (both sides out of sample: same rows, same labels);
@@ -131,18 +163,28 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
        it), and the reason says so.
 
     A champion trained on other data (the store was replaced since, e.g. the demo data by
-    the user's own events), for another question (horizon, label rule, population) or
-    that cannot score these rows is replaced.
+    the user's own events), for another question (horizon, label rule, population,
+    period) or that cannot score these rows is replaced.
+
+    Args:
+        metric: ``roc_auc`` or ``pr_auc`` (higher is better).
+        tol: the challenger takes the alias when ``new >= old - tol``.
+        version: the champion's version, None when there is none.
+        challenger: gives this run's test rows (``customer_id``, ``event_timestamp``),
+            their labels and the challenger's held-out probabilities (read only when a
+            comparison needs them).
+        new_score: the challenger's metric on all its test rows.
+        store_origin: the events the challenger was trained on.
+        champion: loads the champion's :class:`ChampionView` (may raise ValueError or
+            LookupError: then it cannot score these rows and is replaced).
+        label: the metric's name in the reason (``roc_auc_30d``), ``metric`` by default.
+
     """
-    metric, tol = params.training.promotion_metric, params.training.promotion_tolerance
-    new_score = ev.metrics[ev.chosen][metric]
-    version = alias_version(setup_mlflow(paths), name, CHAMPION)
     if version is None:
         return GateDecision(CHAMPION, "no champion yet", new_score, None, None)
-    test = ev.split.test
     try:
-        champ, _ = load_model(paths, name)
-        now, then = ev.model.training.get("store_origin"), champ.training.get("store_origin")
+        champ = champion()
+        now, then = store_origin, champ.store_origin
         if now and then and now != then:
             return GateDecision(
                 CHAMPION,
@@ -152,39 +194,36 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
                 None,
                 version,
             )
-        conflicts = definition_conflicts(champ.trained_for, params, name)
-        if conflicts:
+        if champ.conflicts:
             return GateDecision(
                 CHAMPION,
-                f"champion v{version} answers another question ({conflicts[0]}): replaced",
+                f"champion v{version} answers another question ({champ.conflicts[0]}): replaced",
                 new_score,
                 None,
                 version,
             )
-        try:
-            held, _ = held_out_predictions(paths, name)
-        except LookupError:
-            held = None
+        test, y_test, p_test = challenger()
+        held = champ.held_out()
         if held is not None:
             keys = [ENTITY_KEY, TIMESTAMP]
-            mine = test[keys].assign(_new=ev.p_test, _y=ev.y_test).reset_index(drop=True)
+            mine = test[keys].assign(_new=p_test, _y=y_test).reset_index(drop=True)
             common = mine.merge(held[[*keys, "p"]], on=keys, how="inner")
             if _scorable(common["_y"].to_numpy()):
                 y = common["_y"].to_numpy()
                 new = probability_metrics(y, common["_new"].to_numpy(), 2)[metric]
                 old = probability_metrics(y, common["p"].to_numpy(), 2)[metric]
                 rows = f"{len(common):,} held-out rows in common"
-                return _compare(metric, tol, new, old, version, rows)
-        seen = champ.training.get("labels_seen_until")
+                return _compare(label or metric, tol, new, old, version, rows)
+        seen = champ.labels_seen_until
         unseen = test[TIMESTAMP] >= pd.Timestamp(seen) if seen else np.zeros(len(test), bool)
-        rows_unseen = test[np.asarray(unseen)]
-        y = rows_unseen[LABEL].to_numpy()
+        unseen = np.asarray(unseen)
+        rows_unseen = test[unseen]
+        y = np.asarray(y_test)[unseen]
         if _scorable(y):
-            p_new = ev.p_test[np.asarray(unseen)]
-            new = probability_metrics(y, p_new, 2)[metric]
-            old = probability_metrics(y, champ.predict_proba(rows_unseen), 2)[metric]
+            new = probability_metrics(y, np.asarray(p_test)[unseen], 2)[metric]
+            old = probability_metrics(y, champ.predict(rows_unseen), 2)[metric]
             rows = f"{len(y):,} test rows after every label champion v{version} saw"
-            return _compare(metric, tol, new, old, version, rows)
+            return _compare(label or metric, tol, new, old, version, rows)
     except (ValueError, LookupError) as err:
         return GateDecision(
             CHAMPION,
@@ -200,6 +239,39 @@ def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> G
         new_score,
         None,
         version,
+    )
+
+
+def promotion_gate(paths: Paths, name: str, ev: Evaluation, params: Params) -> GateDecision:
+    """The gate of a fixed-horizon model: :func:`gate_decision` on ``training.promotion_metric``."""
+    metric, tol = params.training.promotion_metric, params.training.promotion_tolerance
+    version = alias_version(setup_mlflow(paths), name, CHAMPION)
+
+    def champion() -> ChampionView:
+        champ, _ = load_model(paths, name)
+
+        def held() -> pd.DataFrame | None:
+            try:
+                return held_out_predictions(paths, name)[0]
+            except LookupError:
+                return None
+
+        return ChampionView(
+            store_origin=champ.training.get("store_origin"),
+            conflicts=definition_conflicts(champ.trained_for, params, name),
+            held_out=held,
+            labels_seen_until=champ.training.get("labels_seen_until"),
+            predict=champ.predict_proba,
+        )
+
+    return gate_decision(
+        metric,
+        tol,
+        version,
+        lambda: (ev.split.test, ev.y_test, ev.p_test),
+        ev.metrics[ev.chosen][metric],
+        ev.model.training.get("store_origin"),
+        champion,
     )
 
 
