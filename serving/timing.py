@@ -43,8 +43,6 @@ It is a median on the model's own curve (constant hazard inside a period, as
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -100,28 +98,6 @@ def check_horizons(horizons: Sequence[int], h_max_days: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def model_digest(model: HazardModel) -> str:
-    """A digest of what makes a hazard model answer what it answers (12 hex digits).
-
-    Trees (both boosters, as LightGBM text), calibrator, count scale, BG/NBD inputs,
-    features, period and ``H_max``: two models with the same digest give the same
-    columns. (On the training branch ``HazardModel.digest()`` is the owner's version.)
-    """
-    doc = {
-        "features": list(model.features),
-        "period_days": model.period_days,
-        "periods": model.periods,
-        "calibrator": model.calibrator.to_dict() if model.calibrator is not None else None,
-        "count_scale": model.count_scale,
-        "btyd": model.btyd.to_dict() if model.btyd is not None else None,
-    }
-    h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode())
-    h.update(model.booster.model_to_string().encode())
-    if model.count_booster is not None:
-        h.update(b"\0count\0" + model.count_booster.model_to_string().encode())
-    return h.hexdigest()[:12]
-
-
 @dataclass(frozen=True)
 class Timing:
     """The hazard champions present, their identity and the lapse rule of days_to_churn.
@@ -129,7 +105,7 @@ class Timing:
     Attributes:
         models: ``appetence`` and / or ``churn`` -> fitted hazard model (read-only map).
         versions: registry version of each model present.
-        digests: content digest of each model present (:func:`model_digest`).
+        digests: content digest of each model present (:meth:`HazardModel.digest`).
         horizons_days: the horizons scored by default (``hazard.horizons_days``).
         lapse_features: recency features of ``labels.churn_activity_types`` (days since
             the last activity of each type), what the lapse rule reads.
@@ -172,7 +148,7 @@ class Timing:
         return cls(
             models=dict(models),
             versions={m: str((versions or {}).get(m, "?")) for m in models},
-            digests={m: model_digest(model) for m, model in models.items()},
+            digests={m: model.digest() for m, model in models.items()},
             horizons_days=tuple(params.hazard.horizons_days),
             lapse_features=lapse,
             lapse_days=int(labels.churn_active_within_days),
@@ -380,13 +356,7 @@ def load_timing(paths: Paths, params: Params) -> Timing:
             :attr:`Timing.missing` names it).
 
     """
-    try:
-        from training.registry import NoChampion, load_hazard_model
-    except ImportError:
-        # MERGE(i13-train): the registry's loader of hazard models lands with branch
-        # i13-train; until then no hazard model can be registered, so there is none to
-        # serve. Remove this branch when merging.
-        return Timing.of({}, params)
+    from training.registry import NoChampion, load_hazard_model
 
     models, versions = {}, {}
     for name in MODEL_NAMES:

@@ -327,3 +327,37 @@ def test_the_serving_side_reads_the_trained_champion(trained):
     assert dict(timing.versions) == {"churn": result.version}
     assert timing.models["churn"].digest() == result.evaluation.model.digest()
     assert "appetence" in timing.missing
+
+
+def test_a_registered_hazard_champion_reaches_scores_and_predict(trained):
+    """engage train -> registry -> engage score's columns and /predict's, the same numbers."""
+    import pyarrow.parquet as pq
+
+    from features.catalog import ENTITY_KEY
+    from serving.online import OnlinePredictor
+    from serving.runs import find_run, read_run
+    from serving.scoring import score
+
+    params, paths, result, _ = trained
+    run = score(paths, params, run_id="registry-timing")
+    info = find_run(paths, run.run_id)
+    names = set(pq.read_schema(info.path).names)
+    churn_cols = {f"p_churn_{h}d" for h in params.hazard.horizons_days} | {"days_to_churn"}
+    assert churn_cols <= names
+    # Only the churn hazard model was trained: its columns, and the other one named missing.
+    assert not any(n.startswith("p_purchase_") for n in names)
+    assert info.timing["versions"] == {"churn": result.version}
+    assert info.timing["missing"] == ["appetence"]
+    _, frame = read_run(paths, run.run_id)
+    frame = frame.set_index(ENTITY_KEY)
+    customers = frame.index[frame["has_purchased"] == 1][:5]
+    assert frame.loc[customers, sorted(churn_cols)].notna().any(axis=None)
+    predictor = OnlinePredictor(paths, params)
+    assert dict(predictor.timing.versions) == {"churn": result.version}
+    scored = predictor.predict_ids([str(c) for c in customers])
+    cols = [c for c in scored.timing.columns if c in churn_cols]
+    np.testing.assert_allclose(
+        scored.timing[cols].to_numpy(dtype=float),
+        frame.loc[customers, cols].to_numpy(dtype=float),
+        rtol=1e-9,
+    )
