@@ -199,6 +199,8 @@ def _train_hazards(c: Context, names: list[str], strict: bool) -> list:
             if line.endswith(ev.selection):
                 continue  # already said, in yellow
             console.print(f"[yellow]warning: {escape(line)}[/yellow]")
+        for line in ev.notes:
+            console.print(f"note: {escape(line)}")
     return results
 
 

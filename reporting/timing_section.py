@@ -161,7 +161,12 @@ def timing_section(
     if timing is None:
         from serving.timing import load_timing
 
-        timing = load_timing(paths, params)
+        try:
+            timing = load_timing(paths, params)
+        except LookupError as err:
+            # No registry at all (scores brought from elsewhere, or nothing trained here):
+            # the rest of the report still stands.
+            return _note(f"No hazard (time-to-event) model can be read: {html.escape(str(err))}")
     if not timing.models:
         return _note(
             "No hazard (time-to-event) model is registered yet: `engage train` fits them "

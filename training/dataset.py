@@ -158,18 +158,29 @@ def training_frame(paths: Paths, params: Params, model: str, store=None) -> pd.D
     customers = paths.customers if paths.customers.exists() else None
     times = [s.as_of for s in require_snapshots(paths.features_dir)]
     labels = make_labels(paths.events, customers, times, params, model)
-    cap = params.training.max_rows_per_snapshot
-    if cap is not None:
-        # A fixed-size random sample per as-of time keeps the Feast retrieval and the
-        # training bounded at millions of contacts; the seed makes it repeatable.
-        labels = (
-            labels.groupby(TIMESTAMP, group_keys=False)
-            .apply(lambda g: g.sample(min(cap, len(g)), random_state=params.training.seed))
-            .sort_values([TIMESTAMP, ENTITY_KEY])
-            .reset_index(drop=True)
-        )
+    # A fixed-size random sample per as-of time keeps the Feast retrieval and the
+    # training bounded at millions of contacts; the seed makes it repeatable.
+    labels = sample_per_as_of(labels, params.training.max_rows_per_snapshot, params.training.seed)
     store = store or get_store(paths)
     return historical_features(store, labels, model_spec(model).feature_service)
+
+
+def sample_per_as_of(rows: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
+    """At most ``cap`` rows per as-of time, drawn at random with ``seed`` (None: all rows).
+
+    Returns the rows sorted by as-of time and contact, on a fresh index.
+    """
+    if cap is None:
+        return rows
+    rows = rows.reset_index(drop=True)
+    # Sampling the key column alone draws the same positions as sampling the whole group,
+    # without pandas' warning about applying a function to the grouping column.
+    picked = (
+        rows.groupby(TIMESTAMP, group_keys=False)[[ENTITY_KEY]]
+        .apply(lambda g: g.sample(min(cap, len(g)), random_state=seed))
+        .index
+    )
+    return rows.loc[picked].sort_values([TIMESTAMP, ENTITY_KEY]).reset_index(drop=True)
 
 
 def time_split(frame: pd.DataFrame, params: Params) -> Split:

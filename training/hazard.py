@@ -654,18 +654,6 @@ def fit_hazard_model(
     )
 
 
-def sample_per_as_of(rows: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
-    """At most ``cap`` contacts per as-of time (``hazard.max_rows_per_snapshot``)."""
-    if cap is None:
-        return rows
-    return (
-        rows.groupby(TIMESTAMP, group_keys=False)
-        .apply(lambda g: g.sample(min(cap, len(g)), random_state=seed))
-        .sort_values([TIMESTAMP, ENTITY_KEY])
-        .reset_index(drop=True)
-    )
-
-
 # ------------------------------------------------------------------ scores and storage
 
 HAZARD_FORMAT = "engage-hazard/1"

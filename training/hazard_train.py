@@ -62,6 +62,7 @@ from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from training import hazard as hz
 from training.baselines import BASELINES
 from training.btyd import fit_on_snapshot
+from training.dataset import sample_per_as_of
 from training.evaluate import plot_curves, probability_metrics
 from training.fingerprint import PARAMS_TAG, hazard_params_fingerprint
 from training.fit_evaluate import DISPLAY, _calibrated, _fit_baseline, last_time_rows
@@ -108,6 +109,8 @@ class HazardEvaluation:
         selection: the comparison in one sentence, with the figures.
         ranges: as-of range and rows of train / valid / test.
         warnings: data problems worth a user's attention.
+        notes: facts of the run a user may want to know (e.g. horizons without a
+            baseline in a short history), not problems.
 
     """
 
@@ -122,6 +125,7 @@ class HazardEvaluation:
     selection: str
     ranges: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def primary(self, params: Params) -> tuple[np.ndarray, np.ndarray]:
         """The test labels and the hazard model's probabilities at the primary horizon."""
@@ -265,7 +269,7 @@ def fit_evaluate_hazard(
     hp, tp = params.hazard, params.training
     features = model_feature_names(params)
     h_max = hp.period_days * hp.h_max_periods
-    frame = hz.sample_per_as_of(frame, hp.max_rows_per_snapshot, tp.seed).reset_index(drop=True)
+    frame = sample_per_as_of(frame, hp.max_rows_per_snapshot, tp.seed)
     first = hz.first_event_times(frame, events, hz.target_event_types(params, model))
     times = sorted(pd.Timestamp(t) for t in frame[TIMESTAMP].unique())
     train_t, valid_t, test_t = hazard_split_times(times, end, params, name)
@@ -383,8 +387,11 @@ def fit_evaluate_hazard(
     warnings = []
     if not beats:
         warnings.append(f"{name}: {sentence}")
+    notes = []
     if skipped:
-        warnings.append(
+        # Expected on a short history, and the primary horizon has its baselines (checked
+        # above): a fact of the run, not a problem.
+        notes.append(
             f"{name}: no baseline at {skipped} days: the history before the test times is "
             "too short for their purged split (the hazard model is still scored there)"
         )
@@ -419,6 +426,7 @@ def fit_evaluate_hazard(
         selection=sentence,
         ranges=ranges,
         warnings=warnings,
+        notes=notes,
     )
 
 
@@ -702,6 +710,8 @@ def log_and_register_hazard(
         }
         if ev.warnings:
             tags["warnings"] = " | ".join(ev.warnings)
+        if ev.notes:
+            tags["notes"] = " | ".join(ev.notes)
         mlflow.set_tags(tags)
         out = Path(tmp)
         title = name
