@@ -13,6 +13,11 @@ read through :func:`serving.runs.previous_stages`) goes into the decision core, 
 applies the stability rule of the index (hysteresis, minimum dwell) and counts the runs
 each contact has spent in its stage (``stage_runs``).
 
+With ``compute.engine: spark`` the same per-batch code (:func:`decide_frame`) runs on
+Spark partitions (:func:`serving.spark_scoring.write_run_on_spark`), the previous
+stages are joined there, and the rows reach the same run file in the same order with
+the same id and metadata.
+
 Features are read in bulk from the offline snapshot file, the very rows Feast
 materialises into the online store for the latest snapshot, so batch and online scores
 agree. The default run id is the snapshot date and a hash of what decides the scores
