@@ -76,32 +76,20 @@ def score_on_spark(
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from training.model import write_model_dir
-
-    names = list(champions.models)
-    versions = dict(champions.versions)
     inputs = Layout.of(champions).inputs
     df = session.read.parquet(str(Path(snapshot).resolve()))
     missing = [c for c in [ENTITY_KEY, TIMESTAMP, *inputs] if c not in df.columns]
     if missing:
         raise ValueError(f"snapshot {Path(snapshot).name}: missing column(s) {missing[:10]}")
-    # A folder per call: addFile refuses a second, different file under the same name.
-    folder = Path(staging_dir) / f"engage-models-{uuid.uuid4().hex[:12]}"
-    for name in names:
-        write_model_dir(champions[name], folder / name)
-    session.sparkContext.addFile(str(folder), recursive=True)
-    shipped = folder.name
+    shipped = _ship(
+        session, champions, Path(staging_dir) / f"engage-models-{uuid.uuid4().hex[:12]}"
+    )
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        # Runs on an executor: the models are read from the shipped text files.
-        from pyspark import SparkFiles
-
         from serving.champions import make_explainers
         from serving.scoring import score_batch
-        from training.model import read_model_dir
 
-        root = Path(SparkFiles.get(shipped))
-        models = Champions({n: read_model_dir(root / n) for n in names}, versions)
+        models = shipped.load()
         layout = Layout.of(models)
         explainers = make_explainers(models, params, typical) if typical is not None else None
         for batch in batches:
@@ -110,6 +98,34 @@ def score_on_spark(
 
     columns = df.select(ENTITY_KEY, TIMESTAMP, *inputs)
     return columns.mapInArrow(score_partition, from_arrow_schema(SCHEMA))
+
+
+@dataclass(frozen=True)
+class _Shipped:
+    """Champions shipped to the executors as their text and JSON model folders."""
+
+    folder: str
+    names: tuple[str, ...]
+    versions: dict[str, str]
+
+    def load(self) -> Champions:
+        """On an executor: the models read back from the shipped files (nothing unpickled)."""
+        from pyspark import SparkFiles
+
+        from training.model import read_model_dir
+
+        root = Path(SparkFiles.get(self.folder))
+        return Champions({n: read_model_dir(root / n) for n in self.names}, self.versions)
+
+
+def _ship(session: SparkSession, champions: Champions, folder: Path) -> _Shipped:
+    # A folder per call: addFile refuses a second, different file under the same name.
+    from training.model import write_model_dir
+
+    for name in champions.models:
+        write_model_dir(champions[name], folder / name)
+    session.sparkContext.addFile(str(folder), recursive=True)
+    return _Shipped(folder.name, tuple(champions.models), dict(champions.versions))
 
 
 def remove_shipped_models(staging_dir: Path) -> None:
@@ -243,10 +259,6 @@ def write_run_on_spark(
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from training.model import write_model_dir
-
-    names = list(champions.models)
-    versions = dict(champions.versions)
     layout = Layout.of(champions)
     inputs = layout.inputs
     # Under the run's lock: a killed run's leftovers of the same id are ours to clear.
@@ -271,27 +283,14 @@ def write_run_on_spark(
                     F.lit(None).cast("byte").alias(PREV_CODE),
                     F.lit(None).cast("int").alias(PREV_RUNS),
                 )
-            folder = staging / f"models-{uuid.uuid4().hex[:12]}"
-            for name in names:
-                write_model_dir(champions[name], folder / name)
-            spark.sparkContext.addFile(str(folder), recursive=True)
-            shipped = folder.name
+            shipped = _ship(spark, champions, staging / f"models-{uuid.uuid4().hex[:12]}")
             top_k = params.scoring.top_k_reasons
-
-            def models_here():
-                # On an executor: the models from the shipped text files, never pickled.
-                from pyspark import SparkFiles
-
-                from training.model import read_model_dir
-
-                root = Path(SparkFiles.get(shipped))
-                return Champions({n: read_model_dir(root / n) for n in names}, versions)
 
             def decide_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
                 from serving.champions import make_explainers
                 from serving.scoring import decide_frame
 
-                models = models_here()
+                models = shipped.load()
                 here = Layout.of(models)
                 explainers = (
                     make_explainers(models, params, typical)
@@ -314,7 +313,7 @@ def write_run_on_spark(
                 from serving.decision import decidable_rows
                 from serving.scoring import RangeCheck
 
-                models = models_here()
+                models = shipped.load()
                 here = Layout.of(models)
                 check = RangeCheck(models, here)
                 left_out = 0
