@@ -357,6 +357,10 @@ def historical_features(store, entity_df: pd.DataFrame, service: str) -> pd.Data
             entity_df=frame, features=store.get_feature_service(service)
         ).to_df()
     out = out.sort_values("_row").reset_index(drop=True)
+    # Feast's Spark offline store returns the entity times naive (in the session's zone,
+    # UTC here) and in ns; the DuckDB store returns them in UTC, in µs. One type for
+    # both: what a model records of its training times must not depend on the engine.
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True).dt.as_unit("us")
     if len(out) != len(frame) or not (out["_row"].to_numpy() == frame["_row"].to_numpy()).all():
         raise ValueError(
             f"historical retrieval returned {len(out)} rows for {len(frame)} entity rows"

@@ -58,6 +58,7 @@ def test_training_rows_through_the_spark_offline_store_equal_duckdbs(spark, smal
 
     assert len(want) > 1000
     assert list(got.columns) == list(want.columns)
+    assert got.dtypes.to_dict() == want.dtypes.to_dict()
     assert got["customer_id"].tolist() == want["customer_id"].tolist()
     for name in want.columns:
         a, b = got[name], want[name]
