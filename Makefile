@@ -66,7 +66,7 @@ test-fast: $(DEV_STAMP) ## lint + the tests that need no trained pipeline (about
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not scale"
 
-test-scale: $(DEV_STAMP) ## the Spark (local[2]) and Redis tests: a redis-server on a free loopback port, started and stopped by the tests (about 2 min)
+test-scale: $(DEV_STAMP) ## the Spark (local[2]) and Redis tests: a redis-server on a free loopback port, started and stopped by the tests (about 6 min: README, Scale-out)
 	$(BIN)/python -m pytest -q -m scale
 
 test-reliability: $(DEV_STAMP) ## heavy cases: every kill point of every batch step, long API fuzzing, slow clients, every start-up failure, the end-to-end backtest (~40 min)

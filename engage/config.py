@@ -451,8 +451,10 @@ class MonitoringParams(_Section):
 
 
 class ComputeParams(_Section):
-    # Which engine builds the features (README, "Scale-out"): DuckDB on this host, or
-    # Spark (the `scale` extra) at spark.master. Both write the same snapshot files.
+    # Which engine does the bulk work (README, "Scale-out"): DuckDB on this host, or
+    # Spark (the `scale` extra) at spark.master, for the feature build (the same
+    # snapshot files), Feast's offline store (the training rows) and batch scoring
+    # (the same run files).
     engine: Literal["duckdb", "spark"]
 
 

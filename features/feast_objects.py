@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import ParquetFormat
+from feast.data_source import DataSource
 from feast.types import Float64, Int64
 
 from engage.config import Params, Paths
@@ -48,7 +49,7 @@ class FeastObjects:
     """
 
     entity: Entity
-    source: FileSource
+    source: DataSource
     views: tuple[FeatureView, ...]
     services: tuple[FeatureService, ...]
 
@@ -79,22 +80,42 @@ def customer_entity() -> Entity:
     )
 
 
-def snapshot_source(paths: Paths) -> FileSource:
-    """The Parquet snapshots under ``paths.features_dir`` (an absolute glob)."""
+_SOURCE_DESCRIPTION = (
+    "One Parquet file per as-of time (features/aggregates.py): one row per contact "
+    "known at that time, computed only from events strictly before it."
+)
+
+
+def snapshot_source(paths: Paths) -> DataSource:
+    """The Parquet snapshots under ``paths.features_dir`` (an absolute glob).
+
+    A file source for Feast's DuckDB offline store, or, with ``compute.engine: spark``,
+    a Spark source over the same files (Feast's Spark offline store reads only those).
+    """
+    if paths.params.compute.engine == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+
+        return SparkSource(
+            name=SOURCE,
+            path=snapshot_glob(paths.features_dir),
+            file_format="parquet",
+            timestamp_field=TIMESTAMP,
+            created_timestamp_column=CREATED,
+            description=_SOURCE_DESCRIPTION,
+        )
     return FileSource(
         name=SOURCE,
         path=snapshot_glob(paths.features_dir),
         file_format=ParquetFormat(),
         timestamp_field=TIMESTAMP,
         created_timestamp_column=CREATED,
-        description=(
-            "One Parquet file per as-of time (features/aggregates.py): one row per contact "
-            "known at that time, computed only from events strictly before it."
-        ),
+        description=_SOURCE_DESCRIPTION,
     )
 
 
-def feature_views(params: Params, entity: Entity, source: FileSource) -> tuple[FeatureView, ...]:
+def feature_views(params: Params, entity: Entity, source: DataSource) -> tuple[FeatureView, ...]:
     """One view per family of the catalog, with the fields ``params`` gives it."""
     specs = feature_specs(params)
     views = []

@@ -9,9 +9,10 @@ the registry and online store moved under the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def repo_config(paths: Paths, read_only: bool = False, registry: Path | None = N
             "type": "redis",
             "connection_string": paths.params.feast.redis_connection_string,
         }
+    if uses_spark(paths):
+        # Feast's Spark offline store: training rows (get_historical_features) are joined
+        # on the cluster of spark.master. Feast starts its session from spark_conf when
+        # none is active; the session zone is UTC, like every stored time.
+        spark = paths.params.spark
+        raw["offline_store"] = {
+            "type": "spark",
+            "spark_conf": {
+                "spark.master": spark.master,
+                **spark.conf,
+                "spark.sql.session.timeZone": "UTC",
+            },
+        }
     if read_only:
         if raw["online_store"].get("type") == PACKED_STORE:
             raw["online_store"]["read_only"] = True
@@ -77,6 +91,11 @@ def repo_config(paths: Paths, read_only: bool = False, registry: Path | None = N
     config = RepoConfig(**raw)
     config.repo_path = paths.feature_repo
     return config
+
+
+def uses_spark(paths: Paths) -> bool:
+    """Whether Feast's offline store is Spark (``compute.engine: spark``)."""
+    return paths.params.compute.engine == "spark"
 
 
 def uses_redis(paths: Paths) -> bool:
@@ -333,15 +352,47 @@ def historical_features(store, entity_df: pd.DataFrame, service: str) -> pd.Data
     frame = entity_df.reset_index(drop=True).copy()
     frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
     frame["_row"] = range(len(frame))
-    out = store.get_historical_features(
-        entity_df=frame, features=store.get_feature_service(service)
-    ).to_df()
+    with _spark_offline_scope(store):
+        out = store.get_historical_features(
+            entity_df=frame, features=store.get_feature_service(service)
+        ).to_df()
     out = out.sort_values("_row").reset_index(drop=True)
+    # Feast's Spark offline store returns the entity times naive (in the session's zone,
+    # UTC here) and in ns; the DuckDB store returns them in UTC, in µs. One type for
+    # both: what a model records of its training times must not depend on the engine.
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True).dt.as_unit("us")
     if len(out) != len(frame) or not (out["_row"].to_numpy() == frame["_row"].to_numpy()).all():
         raise ValueError(
             f"historical retrieval returned {len(out)} rows for {len(frame)} entity rows"
         )
     return out.drop(columns="_row")
+
+
+@contextlib.contextmanager
+def _spark_offline_scope(store) -> Iterator[None]:
+    """Undo the session setting Feast's Spark offline store changes for its queries.
+
+    Feast turns on ``spark.sql.parser.quotedRegexColumnNames`` in the shared session, in
+    which a back-quoted name is a regex; the feature build's statistics are back-quoted
+    names holding a dot (``email_open.n_all``), so the setting is put back afterwards.
+    """
+    if getattr(store.config.offline_store, "type", None) != "spark":
+        yield
+        return
+    from pyspark.sql import SparkSession
+
+    key = "spark.sql.parser.quotedRegexColumnNames"
+    active = SparkSession.getActiveSession()
+    before = active.conf.get(key, None) if active is not None else None
+    try:
+        yield
+    finally:
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            if before is None:
+                session.conf.unset(key)
+            else:
+                session.conf.set(key, before)
 
 
 def online_features(store, customer_ids: Sequence[str], service: str) -> pd.DataFrame:

@@ -13,6 +13,11 @@ read through :func:`serving.runs.previous_stages`) goes into the decision core, 
 applies the stability rule of the index (hysteresis, minimum dwell) and counts the runs
 each contact has spent in its stage (``stage_runs``).
 
+With ``compute.engine: spark`` the same per-batch code (:func:`decide_frame`) runs on
+Spark partitions (:func:`serving.spark_scoring.write_run_on_spark`), the previous
+stages are joined there, and the rows reach the same run file in the same order with
+the same id and metadata.
+
 Features are read in bulk from the offline snapshot file, the very rows Feast
 materialises into the online store for the latest snapshot, so batch and online scores
 agree. The default run id is the snapshot date and a hash of what decides the scores
@@ -167,6 +172,67 @@ def score_batch(
     )
 
 
+def decide_frame(
+    frame: pd.DataFrame,
+    champions: Champions,
+    params: Params,
+    explainers: dict[str, Explainer] | None,
+    layout: Layout,
+    run_id: str,
+    previous_stage: np.ndarray,
+    previous_runs: np.ndarray,
+    timing: Timing | None = None,
+) -> tuple[Decisions, pa.Table, np.ndarray, np.ndarray]:
+    """Decide one batch of snapshot rows of a run, as ``engage score`` does on any engine.
+
+    Rows of a half without its deciding model are left out (counted, never written
+    with a made-up stage); the others go through :func:`serving.decision.decide` with
+    their previous stage (the stability rule).
+
+    Args:
+        frame: snapshot rows (``customer_id``, ``event_timestamp``, ``layout.inputs``).
+        champions: the models.
+        params: the parsed params.yaml.
+        explainers: per-model explainers, or None (no reasons).
+        layout: :meth:`Layout.of` the champions.
+        run_id: written in the ``run_id`` column.
+        previous_stage: each row's stage code in the previous run (-1: unknown).
+        previous_runs: runs spent in that stage (0: unknown).
+        timing: hazard models whose columns (:func:`serving.timing.timing_columns`) the
+            table gets; None or none loaded: no such columns.
+
+    Returns:
+        The decisions, their table of the run schema, the decided rows' matrix (for
+        :class:`RangeCheck`) and the mask of the decided rows among ``frame``'s.
+
+    """
+    X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
+    keep = np.ones(len(frame), dtype=bool)
+    if champions.missing:
+        keep = decidable_rows(X, layout, champions)
+        frame, X = frame[keep], X[keep]
+        previous_stage, previous_runs = previous_stage[keep], previous_runs[keep]
+    d = decide(
+        X,
+        layout,
+        champions,
+        params,
+        explainers,
+        params.scoring.top_k_reasons,
+        previous_stage=previous_stage,
+        previous_runs=previous_runs,
+    )
+    table = to_arrow(
+        d,
+        frame[ENTITY_KEY].to_numpy(),
+        frame[TIMESTAMP],
+        run_id,
+        champions.versions,
+        timing_columns(frame, timing) if timing is not None and timing.models else None,
+    )
+    return d, table, X, keep
+
+
 def score_frame(
     features: pd.DataFrame,
     champions: Champions,
@@ -313,6 +379,15 @@ class RangeCheck:
             for feature, n in model.out_of_range(x).items():
                 self.counts[name][feature] = self.counts[name].get(feature, 0) + n
 
+    def merge(self, counts: dict[str, dict[str, int]], rows: dict[str, int]) -> None:
+        """Add the counts of another :class:`RangeCheck` (e.g. one per Spark partition)."""
+        for name, by_feature in counts.items():
+            mine = self.counts.setdefault(name, {})
+            for feature, n in by_feature.items():
+                mine[feature] = mine.get(feature, 0) + int(n)
+        for name, n in rows.items():
+            self.rows[name] = self.rows.get(name, 0) + int(n)
+
     def warnings(self, share: float) -> list[str]:
         """One line per model: the features whose out-of-range share reaches ``share``."""
         out = []
@@ -348,8 +423,13 @@ def score(
     progress: Progress | None = None,
     champions: Champions | None = None,
     timing: Timing | None = None,
+    session: object | None = None,
 ) -> ScoreRun:
     """Score every contact of a snapshot and write ``scores/run=<run_id>.parquet``.
+
+    ``params.compute.engine`` picks where the rows are decided: on this host, or on
+    Spark partitions (:func:`serving.spark_scoring.write_run_on_spark`); both write the
+    same run (rows, order, run id, metadata).
 
     Args:
         paths: resolved locations.
@@ -360,7 +440,10 @@ def score(
         progress: called with (rows done, total rows) after each batch.
         champions: models to use (default: the registry's champions).
         timing: hazard models to use (default: the registry's hazard champions, if any):
-            their columns at ``hazard.horizons_days`` are added to the run.
+            their columns at ``hazard.horizons_days`` are added to the run (not yet on
+            the Spark engine).
+        session: the SparkSession when the engine is Spark (default: the active one, or
+            one at ``spark.master``, stopped at the end).
 
     Returns:
         The run's id, path, as-of time, row count, model versions and stage / segment
@@ -382,7 +465,7 @@ def score(
     timeout = params.data.lock_timeout_s
     # Shared: no features build replaces the snapshot while it is read.
     with features_lock(paths.features_dir, timeout=timeout, shared=True):
-        return _score(paths, params, as_of, run_id, progress, champions, timing, start)
+        return _score(paths, params, as_of, run_id, progress, champions, timing, start, session)
 
 
 def _score(
@@ -394,6 +477,7 @@ def _score(
     champions: Champions | None,
     timing: Timing | None,
     start: float,
+    session: object | None = None,
 ) -> ScoreRun:
     snap = pick_snapshot(paths.features_dir, as_of)
     if champions is None:
@@ -402,19 +486,21 @@ def _score(
         # A batch command may write: a copied or moved store follows its folder first.
         relocate_artifacts(paths)
         champions = load_champions(paths, params, allow_missing=True)
-    if timing is None:
+    if params.compute.engine == "spark":
+        # The Spark scorer does not compute the hazard columns yet: the run names both
+        # hazard models missing rather than writing a partial schema.
+        timing = Timing.of({}, params)
+    elif timing is None:
         timing = load_timing(paths, params)
-    # The stability rule compares with the latest run before this snapshot.
-    previous = previous_stages(paths, snap.as_of)
+    # The stability rule compares with the latest run before this snapshot (its stages
+    # are read below, on this host or on Spark).
+    before_run = run_before(paths, snap.as_of)
+    previous_id = before_run.run_id if before_run else None
     run_id = run_id or default_run_id(
-        snap.as_of,
-        champions.identity,
-        params,
-        previous.run.run_id if previous.run else None,
-        timing_identity(timing),
+        snap.as_of, champions.identity, params, previous_id, timing_identity(timing)
     )
     scored_at = pd.Timestamp.now(tz="UTC")
-    explainers = None
+    explainers = typical = None
     if params.scoring.top_k_reasons > 0:
         typical = typical_by_half(snap.path, champions.features)
         explainers = make_explainers(champions, params, typical)
@@ -436,7 +522,7 @@ def _score(
         "top_k_reasons": params.scoring.top_k_reasons,
         # What the models answer (horizon, label rule): the monitor labels the run with it.
         "trained_for": {m: model.trained_for for m, model in champions.models.items()},
-        "previous_run": previous.run.run_id if previous.run else None,
+        "previous_run": previous_id,
         "missing_models": list(champions.missing),
         # Every probability names its horizon: the fixed ones here, the hazard models'
         # in their column names (p_purchase_30d), listed under "timing".
@@ -461,42 +547,41 @@ def _score(
     with run_writer(
         paths, run_id, meta, extra_meta, timeout=params.data.lock_timeout_s, schema=schema
     ) as write:
-        for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
-            frame = batch.to_pandas()
-            X = frame[layout.inputs].to_numpy(dtype="float64", na_value=np.nan)
-            if champions.missing:
-                # A half without its deciding model is counted, not scored.
-                keep = decidable_rows(X, layout, champions)
-                undecided += int((~keep).sum())
-                frame, X = frame[keep], X[keep]
-            before, before_runs = previous.lookup(frame[ENTITY_KEY].to_numpy())
-            d = decide(
-                X,
-                layout,
-                champions,
-                params,
-                explainers,
-                params.scoring.top_k_reasons,
-                previous_stage=before,
-                previous_runs=before_runs,
+        if params.compute.engine == "spark":
+            from serving.spark_scoring import write_run_on_spark
+
+            tally = write_run_on_spark(
+                paths, params, snap, champions, run_id, typical, write, progress, session
             )
-            write(
-                to_arrow(
-                    d,
-                    frame[ENTITY_KEY].to_numpy(),
-                    frame[TIMESTAMP],
+            stage_counts += tally.stages
+            segment_counts += tally.segments
+            lapsed, done, undecided = tally.lapsed, tally.rows, tally.undecided
+            check.merge(tally.out_of_range, tally.scored)
+        else:
+            previous = previous_stages(paths, snap.as_of)
+            for batch in source.iter_batches(batch_size=params.scoring.batch_rows, columns=columns):
+                frame = batch.to_pandas()
+                before, before_runs = previous.lookup(frame[ENTITY_KEY].to_numpy())
+                d, table, X, kept = decide_frame(
+                    frame,
+                    champions,
+                    params,
+                    explainers,
+                    layout,
                     run_id,
-                    champions.versions,
-                    timing_columns(frame, timing) if timing.models else None,
+                    before,
+                    before_runs,
+                    timing,
                 )
-            )
-            check.add(X)
-            stage_counts += np.bincount(d.stage, minlength=len(STAGES))
-            segment_counts += np.bincount(d.segment, minlength=len(SEGMENTS))
-            lapsed += int(d.lapsed.sum())
-            done += len(frame)
-            if progress:
-                progress(done + undecided, total)
+                write(table)
+                check.add(X)
+                stage_counts += np.bincount(d.stage, minlength=len(STAGES))
+                segment_counts += np.bincount(d.segment, minlength=len(SEGMENTS))
+                lapsed += int(d.lapsed.sum())
+                undecided += int((~kept).sum())
+                done += len(table)
+                if progress:
+                    progress(done + undecided, total)
     warnings = check.warnings(params.scoring.range_warning_share)
     for line in warnings:
         logger.warning("run %s: %s", run_id, line)
@@ -510,7 +595,7 @@ def _score(
         seconds=time.perf_counter() - start,
         stages=dict(zip(STAGES, stage_counts.tolist(), strict=True)),
         segments=dict(zip(SEGMENTS, segment_counts.tolist(), strict=True)),
-        previous_run=previous.run.run_id if previous.run else None,
+        previous_run=previous_id,
         lapsed=lapsed,
         out_of_range=check.counts,
         scored=check.rows,
