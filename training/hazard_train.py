@@ -52,12 +52,6 @@ import pandas as pd
 from engage.config import Params, Paths
 from engage.data.store import store_origin
 from engage.specs import hazard_name, model_spec
-from evaluation.hazard import (
-    concordance_index,
-    horizon_label,
-    integrated_brier,
-    marginal_hazards,
-)
 from features.catalog import ENTITY_KEY, TIMESTAMP, model_feature_names
 from training import hazard as hz
 from training.baselines import BASELINES
@@ -79,6 +73,12 @@ from training.registry import (
     log_hazard_model,
     read_hazard_version,
     setup_mlflow,
+)
+from training.survival_metrics import (
+    concordance_index,
+    horizon_label,
+    integrated_brier,
+    marginal_hazards,
 )
 
 Progress = Callable[[str], None]
