@@ -182,12 +182,7 @@ def evaluate_frame(
         }
     say(f"{model}: hazard model on {len(pp['train']):,} person-period rows")
     began = time.perf_counter()
-    # BG/NBD inputs as the fixed models get them: one fit on the last training as-of time.
-    hazard_bg = (
-        fit_on_snapshot(last_time_rows(frame[parts["train"]]), h_max, tp.seed)
-        if tp.btyd_inputs
-        else None
-    )
+    hazard_bg = hz.btyd_inputs_fit(frame[parts["train"]], hp, tp)
     hm = hz.fit_hazard_model(
         model,
         features,
@@ -524,15 +519,7 @@ def fit_purchase_hazard(
     cf_tr = hz.count_frame(frame[~in_valid], events, end, hp, conv)
     cf_va = hz.count_frame(frame[in_valid], events, end, hp, conv)
     say(f"hazard + count LightGBM on {len(pp_tr):,} + {len(cf_tr):,} rows")
-    bg = None
-    if tp.btyd_inputs:
-        # As the product's models: BG/NBD on the snapshot of the last training as-of time.
-        from training.btyd import fit_on_snapshot
-        from training.fit_evaluate import last_time_rows
-
-        bg = fit_on_snapshot(
-            last_time_rows(frame[~in_valid]), hp.period_days * hp.h_max_periods, tp.seed
-        )
+    bg = hz.btyd_inputs_fit(frame[~in_valid], hp, tp)
     hm = hz.fit_hazard_model("appetence", features, pp_tr, pp_va, hp, tp, cf_tr, cf_va, btyd=bg)
     rows = {
         "person_period": {"train": len(pp_tr), "valid": len(pp_va)},

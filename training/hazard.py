@@ -575,6 +575,20 @@ def _fit_poisson(Xtr, ytr, Xva, yva, lgb_params: LightGBMParams, seed: int) -> l
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
 
+def btyd_inputs_fit(train_rows: pd.DataFrame, hp: HazardParams, tp: TrainingParams) -> BGNBD | None:
+    """BG/NBD behind the two BG/NBD inputs, as the fixed models get it.
+
+    One fit on the snapshot rows of the last training as-of time, over ``H_max``; None
+    when ``training.btyd_inputs`` is off.
+    """
+    if not tp.btyd_inputs:
+        return None
+    from training.btyd import fit_on_snapshot
+    from training.fit_evaluate import last_time_rows
+
+    return fit_on_snapshot(last_time_rows(train_rows), hp.period_days * hp.h_max_periods, tp.seed)
+
+
 def fit_hazard_model(
     name: str,
     features: Sequence[str],

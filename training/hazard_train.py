@@ -291,9 +291,7 @@ def fit_evaluate_hazard(
         conv = params.data.conversion_event
         counts = {k: hz.count_frame(frame[parts[k]], events, cut[k], hp, conv) for k in cut}
     say(f"hazard model on {len(pp['train']):,} person-period rows")
-    train_rows = frame[parts["train"]]
-    # BG/NBD inputs as the fixed models get them: one fit on the last training as-of time.
-    bg = fit_on_snapshot(last_time_rows(train_rows), h_max, tp.seed) if tp.btyd_inputs else None
+    bg = hz.btyd_inputs_fit(frame[parts["train"]], hp, tp)
     hm = hz.fit_hazard_model(
         model,
         features,
@@ -303,7 +301,7 @@ def fit_evaluate_hazard(
         tp,
         counts["train"] if counts else None,
         counts["valid"] if counts else None,
-        btyd=bg if tp.btyd_inputs else None,
+        btyd=bg,
     )
     test = frame[parts["test"]].reset_index(drop=True)
     first_test = first[parts["test"]].reset_index(drop=True)
